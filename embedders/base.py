@@ -1,0 +1,74 @@
+"""The embedder interface. `embedders` never imports `vectorsvc`."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+Embeddings = npt.NDArray[np.float32]  # shape (n, dimension), float32, rows L2-normalised
+
+
+class Modality(str, enum.Enum):
+    TEXT = "text"
+    IMAGE = "image"
+
+
+class ModalityNotSupported(ValueError):
+    def __init__(self, embedder: str, modality: Modality) -> None:
+        super().__init__(f"embedder {embedder!r} does not embed {modality.value} inputs")
+        self.embedder = embedder
+        self.modality = modality
+
+
+class WeightsUnavailable(RuntimeError):
+    """The model's weights are not on this machine; `how_to_install` says how to get them."""
+
+    def __init__(self, embedder: str, reason: str, how_to_install: str) -> None:
+        super().__init__(f"{embedder}: {reason}. {how_to_install}")
+        self.embedder = embedder
+        self.reason = reason
+        self.how_to_install = how_to_install
+
+
+class Embedder(ABC):
+    """Turns batches of texts or images into float32, L2-normalised vectors.
+
+    Implementations load their weights in `__init__` and are safe to call from one worker
+    thread at a time (the service serialises calls per model).
+    """
+
+    name: str
+    dimension: int
+    modalities: frozenset[Modality]
+
+    def embed_texts(self, texts: Sequence[str]) -> Embeddings:
+        """Embed documents (texts to index)."""
+        raise ModalityNotSupported(self.name, Modality.TEXT)
+
+    def embed_queries(self, texts: Sequence[str]) -> Embeddings:
+        """Embed search queries; same space as `embed_texts`. Defaults to it."""
+        return self.embed_texts(texts)
+
+    def embed_images(self, images: Sequence[Image]) -> Embeddings:
+        raise ModalityNotSupported(self.name, Modality.IMAGE)
+
+    @abstractmethod
+    def describe(self) -> dict[str, object]:
+        """Where the weights came from and on what device; for logs and health."""
+
+
+def l2_normalise(vectors: npt.NDArray[np.floating]) -> Embeddings:
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return np.ascontiguousarray(arr / norms, dtype=np.float32)

@@ -1,0 +1,186 @@
+"""The vector-store interface: one protocol, two Qdrant backends.
+
+The service speaks only these types. `EdgeVectorStore` (Qdrant Edge, in-process) and
+`RemoteVectorStore` (qdrant-client against a server or cluster) translate them. Names of
+collections, aliases and tenant keys are never built here: they arrive from
+`vectorsvc.namespaces`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+Payload = dict[str, Any]
+
+
+# --- Filters: a small backend-neutral AST ------------------------------------------------
+# Keys are dotted payload paths ("metadata.lang", "_tenant"). Every condition in
+# `Filter.must` must hold (logical AND).
+
+
+@dataclass(frozen=True)
+class MatchValue:
+    key: str
+    value: str | int | bool
+
+
+@dataclass(frozen=True)
+class MatchAny:
+    key: str
+    values: tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    key: str
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+@dataclass(frozen=True)
+class HasIds:
+    """Restrict to point ids (UUID strings)."""
+
+    ids: tuple[str, ...]
+
+
+Condition = MatchValue | MatchAny | Range | HasIds
+
+
+@dataclass(frozen=True)
+class Filter:
+    must: tuple[Condition, ...] = ()
+
+    def and_(self, *conditions: Condition) -> Filter:
+        return Filter(must=self.must + tuple(conditions))
+
+
+# --- Points --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    """A point to write or a point read back. `id` is a UUID string."""
+
+    id: str
+    payload: Payload
+    vector: Vector | None = None
+
+
+@dataclass(frozen=True)
+class ScoredPoint:
+    id: str
+    score: float
+    payload: Payload
+
+
+@dataclass(frozen=True)
+class ScrollPage:
+    points: list[PointRecord]
+    next_offset: str | None
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """What a collection holds: one dense vector per point, cosine distance.
+
+    `tenant_key` is the payload field indexed as a keyword with `is_tenant=True`;
+    `keyword_fields` get plain keyword indexes, `datetime_fields`/`float_fields` likewise.
+    """
+
+    name: str
+    dimension: int
+    tenant_key: str
+    keyword_fields: tuple[str, ...] = ()
+    float_fields: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Blocking interface; the service calls it from worker threads, never the event loop.
+
+    Implementations must be safe to call from several threads at once.
+    """
+
+    backend_name: str
+
+    def ensure_collection(self, spec: CollectionSpec) -> None:
+        """Create the collection (and its payload indexes) if absent. Idempotent.
+
+        Raises `DimensionMismatch` if it exists with another dimension.
+        """
+
+    def collection_exists(self, name: str) -> bool: ...
+
+    def list_collections(self) -> list[str]: ...
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point `alias` at `collection` (create or switch atomically)."""
+
+    def resolve_alias(self, alias: str) -> str | None: ...
+
+    def upsert(self, collection: str, points: Sequence[PointRecord]) -> None:
+        """Insert or replace points by id. Durable when it returns (WAL written)."""
+
+    def search(
+        self,
+        collection: str,
+        vector: Vector,
+        *,
+        filter: Filter,
+        limit: int,
+        offset: int = 0,
+    ) -> list[ScoredPoint]:
+        """Nearest points by cosine similarity, best first, restricted by `filter`."""
+
+    def retrieve(self, collection: str, ids: Sequence[str]) -> list[PointRecord]:
+        """Points by id (payload only, no vectors); missing ids are left out."""
+
+    def count(self, collection: str, *, filter: Filter) -> int:
+        """Exact count of points matching `filter`."""
+
+    def scroll(
+        self,
+        collection: str,
+        *,
+        filter: Filter,
+        limit: int,
+        offset: str | None = None,
+    ) -> ScrollPage:
+        """Points matching `filter` in id order, `limit` at a time; `offset` is the
+        `next_offset` of the previous page."""
+
+    def delete(self, collection: str, *, filter: Filter) -> int:
+        """Delete every point matching `filter`; returns how many were removed."""
+
+    def facet(self, collection: str, key: str, *, filter: Filter, limit: int) -> dict[str, int]:
+        """Counts per distinct value of keyword field `key` among points matching `filter`."""
+
+    def close(self) -> None: ...
+
+
+class VectorStoreError(Exception):
+    """Base for store errors the service maps to its own error envelope."""
+
+
+class CollectionNotFound(VectorStoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"collection {name!r} does not exist")
+        self.name = name
+
+
+class DimensionMismatch(VectorStoreError):
+    def __init__(self, name: str, expected: int, actual: int) -> None:
+        super().__init__(f"collection {name!r} holds {actual}-d vectors, not {expected}-d")
+        self.name = name
+        self.expected = expected
+        self.actual = actual
