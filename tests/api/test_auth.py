@@ -1,0 +1,96 @@
+"""X-API-Key for servers, Bearer for browser sessions, never a key as a bearer token."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Service
+from vectorsvc.auth.keys import revoke_api_key
+
+pytestmark = pytest.mark.anyio
+
+RUN = {"model": "all-minilm-l6-v2", "mode": "search", "scope": "s", "input": {"text": "x"}}
+
+
+async def test_missing_credentials_is_401(service: Service) -> None:
+    r = await service.client.post("/api/runs", json=RUN)
+    assert r.status_code == 401
+    error = r.json()["error"]
+    assert error["code"] == "missing_credentials"
+    assert "X-API-Key" in error["message"]
+    assert "WWW-Authenticate" in r.headers
+
+
+async def test_invalid_key_is_401(service: Service, api_key: str) -> None:
+    wrong = api_key[:-4] + ("AAAA" if not api_key.endswith("AAAA") else "BBBB")
+    for key in (wrong, "vsk_nonsense", "not-a-key"):
+        r = await service.client.post("/api/runs", json=RUN, headers={"X-API-Key": key})
+        assert r.status_code == 401, key
+        assert r.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_api_key_as_bearer_is_refused_with_a_pointer(
+    service: Service, api_key: str
+) -> None:
+    r = await service.client.post(
+        "/api/runs", json=RUN, headers={"Authorization": f"Bearer {api_key}"}
+    )
+    assert r.status_code == 401
+    error = r.json()["error"]
+    assert error["code"] == "api_key_as_bearer"
+    assert "X-API-Key" in error["message"]
+    # Even next to a valid X-API-Key, a key in the bearer slot is refused.
+    r = await service.client.post(
+        "/api/runs",
+        json=RUN,
+        headers={"Authorization": f"Bearer {api_key}", "X-API-Key": api_key},
+    )
+    assert r.json()["error"]["code"] == "api_key_as_bearer"
+
+
+async def test_unknown_bearer_token_and_wrong_scheme(service: Service) -> None:
+    r = await service.client.post(
+        "/api/runs", json=RUN, headers={"Authorization": "Bearer some-session-token"}
+    )
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_access_token"
+    r = await service.client.post("/api/runs", json=RUN, headers={"Authorization": "Basic abc"})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_authorization"
+
+
+async def test_valid_key_works_and_revoked_key_stops(service: Service, api_key: str) -> None:
+    r = await service.run(api_key, RUN)
+    assert r.status_code == 200, r.text
+    key_id = api_key.removeprefix("vsk_")[:16]
+    with service.db.session() as session:
+        revoke_api_key(session, key_id=key_id)
+    r = await service.run(api_key, RUN)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_keys_are_stored_hashed(service: Service, api_key: str) -> None:
+    from sqlalchemy import select
+
+    from vectorsvc.db.models import ApiKey
+
+    with service.db.session() as session:
+        rows = list(session.scalars(select(ApiKey)))
+    assert rows
+    secret = api_key.split("_", 2)[2]
+    for row in rows:
+        assert secret not in row.secret_hash
+        assert api_key not in row.secret_hash
+    assert service.settings.resolved_database_url.startswith("sqlite:///")
+    raw = open(service.settings.resolved_database_url.removeprefix("sqlite:///"), "rb").read()
+    assert secret.encode() not in raw
+
+
+async def test_health_is_open_and_nothing_else(service: Service) -> None:
+    r = await service.client.get("/health")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
+    assert r.json()["vector_store"] == "qdrant-edge"
+    r = await service.client.post("/api/runs", json=RUN)
+    assert r.status_code == 401

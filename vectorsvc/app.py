@@ -1,0 +1,84 @@
+"""`create_app()`: the FastAPI application and a lifespan that opens and closes its parts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from vectorsvc import __version__
+from vectorsvc.auth.tokens import NoAccessTokens
+from vectorsvc.collections import CollectionManager
+from vectorsvc.config import Settings
+from vectorsvc.db.database import Database
+from vectorsvc.embedding import EmbedderLoader, EmbeddingService, default_loader
+from vectorsvc.errors import install_error_handlers
+from vectorsvc.health import router as health_router
+from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.runs.endpoints import router as runs_router
+from vectorsvc.state import AppState
+from vectorsvc.vectorstore import open_vector_store
+
+logger = logging.getLogger(__name__)
+
+
+def build_state(settings: Settings, loader: EmbedderLoader | None = None) -> AppState:
+    """Open every part the service needs (blocking: database, vector store)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    registry = ModelRegistry.from_file()
+    store = open_vector_store(
+        data_dir=settings.vectors_dir,
+        qdrant_url=settings.qdrant_url,
+        qdrant_api_key=settings.qdrant_api_key,
+    )
+    embeddings = EmbeddingService(
+        registry,
+        loader=loader
+        or default_loader(str(settings.resolved_models_dir), settings.embed_batch_size),
+        batch_wait_ms=settings.batch_wait_ms,
+    )
+    return AppState(
+        settings=settings,
+        db=db,
+        registry=registry,
+        store=store,
+        embeddings=embeddings,
+        token_verifier=NoAccessTokens(),
+        collections=CollectionManager(store),
+    )
+
+
+def create_app(
+    settings: Settings | None = None, *, embedder_loader: EmbedderLoader | None = None
+) -> FastAPI:
+    """The application. `embedder_loader` lets tests share loaded models between apps."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await anyio.to_thread.run_sync(build_state, settings, embedder_loader)
+        app.state.vectorsvc = state
+        await anyio.to_thread.run_sync(state.embeddings.preload, settings.preload_model_slugs)
+        logger.info("vectorsvc ready: store=%s", state.store.backend_name)
+        try:
+            yield
+        finally:
+            await state.embeddings.aclose()
+            await anyio.to_thread.run_sync(state.store.close)
+            state.db.close()
+
+    app = FastAPI(
+        title="vectorsvc",
+        version=__version__,
+        summary="Vector index and search for scoped knowledge bases",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(runs_router)
+    return app

@@ -1,0 +1,144 @@
+"""The `vectorsvc` command: serve, and administer workspaces and API keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from vectorsvc.auth.keys import create_api_key, revoke_api_key
+from vectorsvc.config import Settings
+from vectorsvc.db.database import Database
+from vectorsvc.db.models import Workspace
+from vectorsvc.errors import ServiceError
+from vectorsvc.workspaces.service import DEV_WORKSPACE, create_workspace, get_workspace_by_name
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None):
+        overrides["port"] = args.port
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _database(settings: Settings) -> Database:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    return db
+
+
+def bootstrap_dev_workspace(settings: Settings, db: Database) -> str | None:
+    """On first start (no workspace at all), create `dev` and return its new API key."""
+    if not settings.create_dev_workspace:
+        return None
+    with db.session() as session:
+        if session.scalar(select(func.count()).select_from(Workspace)):
+            return None
+        workspace = create_workspace(session, name=DEV_WORKSPACE)
+        return create_api_key(session, workspace=workspace, label="dev").plaintext
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vectorsvc.app import create_app
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    db = _database(settings)
+    key = bootstrap_dev_workspace(settings, db)
+    db.close()
+    base = f"http://{settings.host}:{settings.port}"
+    if key:
+        print("Created the development workspace 'dev'. Its API key (shown only once):")
+        print(f"  {key}")
+        print("Try it:")
+        print(
+            f"  curl -s -X POST {base}/api/runs -H 'X-API-Key: {key}' "
+            "-H 'Content-Type: application/json' -d '{\"model\": \"all-minilm-l6-v2\", "
+            '"mode": "index", "scope": "playground", "input": {"items": [{"id": "doc-1", '
+            '"text": "Qdrant is a vector database"}]}}\''
+        )
+        sys.stdout.flush()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def cmd_workspace_create(args: argparse.Namespace) -> int:
+    db = _database(_settings(args))
+    with db.session() as session:
+        workspace = create_workspace(session, name=args.name)
+        print(f"created workspace {workspace.name} ({workspace.id})")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    db = _database(_settings(args))
+    with db.session() as session:
+        workspace = get_workspace_by_name(session, name=args.workspace)
+        issued = create_api_key(session, workspace=workspace, label=args.label)
+    print(f"created API key {issued.key_id} for workspace {args.workspace}; it is shown only once:")
+    print(issued.plaintext)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    db = _database(_settings(args))
+    with db.session() as session:
+        row = revoke_api_key(session, key_id=args.key_id)
+        print(f"revoked API key {row.id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vectorsvc", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="data directory (default: $VECTORSVC_DATA_DIR or ./data)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the HTTP service")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.set_defaults(func=cmd_serve)
+
+    workspace = sub.add_parser("workspace", help="manage workspaces")
+    workspace_sub = workspace.add_subparsers(dest="action", required=True)
+    ws_create = workspace_sub.add_parser("create", parents=[common], help="create a workspace")
+    ws_create.add_argument("name")
+    ws_create.set_defaults(func=cmd_workspace_create)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    k_create = keys_sub.add_parser("create", parents=[common], help="create an API key")
+    k_create.add_argument("--workspace", required=True)
+    k_create.add_argument("--label", default="")
+    k_create.set_defaults(func=cmd_keys_create)
+    k_revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke an API key")
+    k_revoke.add_argument("key_id")
+    k_revoke.set_defaults(func=cmd_keys_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

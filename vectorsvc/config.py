@@ -1,0 +1,85 @@
+"""Settings: one `BaseSettings`, environment variables prefixed `VECTORSVC_`."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VECTORSVC_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="Vectors, metadata and media.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/vectorsvc.db"
+    )
+    qdrant_url: str | None = Field(
+        default=None, description="Qdrant server URL; unset = embedded Qdrant Edge"
+    )
+    qdrant_api_key: str | None = None
+    models_dir: Path | None = Field(
+        default=None, description="Local model weights; default <data_dir>/models"
+    )
+
+    # Which models to load at start-up (comma separated slugs); others load on first use.
+    preload_models: str = "all-minilm-l6-v2"
+    create_dev_workspace: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Limits
+    max_items_per_run: int = Field(default=1000, ge=1)
+    max_text_chars: int = Field(default=20_000, ge=1)
+    max_top_k: int = Field(default=100, ge=1, le=10_000)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    embed_batch_size: int = Field(default=64, ge=1, le=4096)
+    batch_wait_ms: float = Field(default=1.0, ge=0, le=50)
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _url_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("VECTORSVC_QDRANT_URL must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _api_key_needs_tls(self) -> Settings:
+        # Refuse to send a Qdrant API key in clear text to a non-local host.
+        url = self.qdrant_url
+        if self.qdrant_api_key and url and url.startswith("http://"):
+            host = url.removeprefix("http://").split("/")[0].split(":")[0]
+            if host not in ("localhost", "127.0.0.1", "qdrant", "::1"):
+                raise ValueError(
+                    "VECTORSVC_QDRANT_API_KEY over plain http to a remote host is unsafe; "
+                    "use an https:// VECTORSVC_QDRANT_URL"
+                )
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'vectorsvc.db').resolve()}"
+
+    @cached_property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def vectors_dir(self) -> Path:
+        return self.data_dir / "vectors"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    @property
+    def preload_model_slugs(self) -> list[str]:
+        return [s.strip() for s in self.preload_models.split(",") if s.strip()]

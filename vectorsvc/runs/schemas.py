@@ -1,0 +1,164 @@
+"""The `POST /api/runs` contract, to the letter of the gateway REST document.
+
+`parse_run_request` checks the raw JSON object in a fixed order so each broken rule gets
+its own stable error code, then builds a typed `RunRequest`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vectorsvc.errors import ValidationFailed
+from vectorsvc.models.registry import VECTOR_MODES
+from vectorsvc.namespaces import validate_scope
+
+TOP_LEVEL_FIELDS = ("model", "mode", "scope", "input", "params", "options")
+ROUTING_FIELDS = ("resources", "alias", "collection", "namespace")
+# Execution options a client may send. `hardware_tier` is never one: the platform resolves it.
+ALLOWED_OPTIONS: dict[str, str] = {
+    "timeout_s": "number of seconds (0 < t <= 300) after which the run is abandoned",
+}
+
+
+class RunRequest(BaseModel):
+    """A run as documented: the body of `POST /api/runs`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The published model slug.", min_length=1, max_length=100)
+    mode: str = Field(default="execute", description="execute, index, search or delete.")
+    scope: str | None = Field(
+        default=None,
+        description="Vector namespace; required for index, search and delete.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    )
+    input: dict[str, Any] = Field(description="Model input; shape depends on the mode.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Model parameters.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Execution options.")
+
+
+class RunOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout_s: float | None = Field(default=None, gt=0, le=300)
+
+
+class RunUsage(BaseModel):
+    items: int = 0
+    queries: int = 0
+
+
+class RunResponse(BaseModel):
+    id: str
+    model: str
+    mode: str
+    scope: str | None
+    status: Literal["succeeded"]
+    output: dict[str, Any]
+    usage: RunUsage
+
+
+def _routing_violation(container: dict[str, Any], prefix: str) -> None:
+    for name in ROUTING_FIELDS:
+        if name in container:
+            raise ValidationFailed(
+                f"{prefix}{name} is managed by the platform and must not be supplied by "
+                "clients; send only model and scope, the platform derives collection, alias "
+                "and namespace from them",
+                field=f"{prefix}{name}",
+                code="routing_field_forbidden",
+            )
+
+
+def parse_run_request(body: Any) -> RunRequest:
+    if not isinstance(body, dict):
+        raise ValidationFailed("the request body must be a JSON object", field="body")
+    if "parameters" in body:
+        raise ValidationFailed(
+            "use 'params', not 'parameters': model parameters go in a JSON object named params",
+            field="parameters",
+            code="use_params",
+        )
+    _routing_violation(body, "")
+    params = body.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValidationFailed(
+            f"params must be a JSON object, not {type(params).__name__}",
+            field="params",
+            code="invalid_params",
+        )
+    _routing_violation(params, "params.")
+    options = body.get("options", {})
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ValidationFailed(
+            "options must be a JSON object", field="options", code="invalid_options"
+        )
+    _routing_violation(options, "options.")
+    if "hardware_tier" in options:
+        raise ValidationFailed(
+            "do not send options.hardware_tier: hardware is resolved from the published "
+            "model release",
+            field="options.hardware_tier",
+            code="hardware_tier_forbidden",
+        )
+    for name in options:
+        if name not in ALLOWED_OPTIONS:
+            allowed = ", ".join(f"{k} ({v})" for k, v in ALLOWED_OPTIONS.items())
+            raise ValidationFailed(
+                f"option {name!r} is not allowed; allowed options: {allowed}",
+                field=f"options.{name}",
+                code="option_not_allowed",
+                details={"allowed": list(ALLOWED_OPTIONS)},
+            )
+    for name in body:
+        if name not in TOP_LEVEL_FIELDS:
+            raise ValidationFailed(
+                f"unknown field {name!r}; a run accepts: {', '.join(TOP_LEVEL_FIELDS)}",
+                field=name,
+                code="unknown_field",
+            )
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValidationFailed(
+            "model is required: the published model slug, e.g. 'all-minilm-l6-v2'",
+            field="model",
+            code="model_required" if model is None else "validation_error",
+        )
+    mode = body.get("mode", "execute")
+    if mode is None:
+        mode = "execute"
+    if not isinstance(mode, str):
+        raise ValidationFailed("mode must be a string", field="mode")
+    if "input" not in body or body["input"] is None:
+        raise ValidationFailed("input is required (a JSON object)", field="input",
+                               code="input_required")
+    if not isinstance(body["input"], dict):
+        raise ValidationFailed("input must be a JSON object", field="input",
+                               code="invalid_input")
+    scope = body.get("scope")
+    if scope is None:
+        if mode in VECTOR_MODES:
+            raise ValidationFailed(
+                f"scope is required for mode {mode!r}: it is the vector namespace that "
+                "separates indexed datasets (search with the scope you indexed with)",
+                field="scope",
+                code="scope_required",
+            )
+    else:
+        validate_scope(scope)
+    try:
+        RunOptions.model_validate(options)
+    except Exception as exc:
+        raise ValidationFailed(
+            f"options.timeout_s: {ALLOWED_OPTIONS['timeout_s']}",
+            field="options.timeout_s",
+            code="invalid_option",
+        ) from exc
+    return RunRequest(
+        model=model, mode=mode, scope=scope, input=body["input"], params=params, options=options
+    )

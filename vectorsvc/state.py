@@ -1,0 +1,35 @@
+"""The typed application state the lifespan builds and the dependencies read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from vectorsvc.auth.tokens import AccessTokenVerifier
+from vectorsvc.config import Settings
+from vectorsvc.collections import CollectionManager
+from vectorsvc.db.database import Database
+from vectorsvc.embedding import EmbeddingService
+from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.vectorstore.base import VectorStore
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    registry: ModelRegistry
+    store: VectorStore
+    embeddings: EmbeddingService
+    token_verifier: AccessTokenVerifier
+    collections: CollectionManager
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.vectorsvc
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
