@@ -126,5 +126,7 @@ def api_key(service: Service) -> str:
 @pytest.fixture
 def scifact_dir() -> Iterator[Path]:
     if not (SCIFACT_DIR / "corpus.jsonl.gz").exists():
-        pytest.skip(f"SciFact not found at {SCIFACT_DIR} (it lives in ../shared, absent in a user's clone)")
+        pytest.skip(
+            f"SciFact not found at {SCIFACT_DIR} (it lives in ../shared, absent in a user's clone)"
+        )
     yield SCIFACT_DIR

@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("Try it:")
         print(
             f"  curl -s -X POST {base}/api/runs -H 'X-API-Key: {key}' "
-            "-H 'Content-Type: application/json' -d '{\"model\": \"all-minilm-l6-v2\", "
+            '-H \'Content-Type: application/json\' -d \'{"model": "all-minilm-l6-v2", '
             '"mode": "index", "scope": "playground", "input": {"items": [{"id": "doc-1", '
             '"text": "Qdrant is a vector database"}]}}\''
         )
@@ -104,7 +104,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vectorsvc", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="data directory (default: $VECTORSVC_DATA_DIR or ./data)")
+    common.add_argument(
+        "--data-dir", help="data directory (default: $VECTORSVC_DATA_DIR or ./data)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", parents=[common], help="run the HTTP service")

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from embedders.factory import create_embedder
 
 from embedders.base import Embedder, Embeddings, WeightsUnavailable
-from embedders.factory import create_embedder
 from vectorsvc.errors import Unavailable
 from vectorsvc.models.registry import ModelRegistry, ModelSpec
 
@@ -228,8 +228,7 @@ class EmbeddingService:
 
 def _unavailable(spec: ModelSpec, exc: WeightsUnavailable) -> Unavailable:
     return Unavailable(
-        f"model {spec.slug!r} is not available on this server: {exc.reason}. "
-        f"{exc.how_to_install}",
+        f"model {spec.slug!r} is not available on this server: {exc.reason}. {exc.how_to_install}",
         field="model",
         code="model_unavailable",
     )

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from vectorsvc.auth.tokens import AccessTokenVerifier
-from vectorsvc.config import Settings
 from vectorsvc.collections import CollectionManager
+from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.embedding import EmbeddingService
 from vectorsvc.models.registry import ModelRegistry

@@ -29,9 +29,7 @@ async def test_invalid_key_is_401(service: Service, api_key: str) -> None:
         assert r.json()["error"]["code"] == "invalid_api_key"
 
 
-async def test_api_key_as_bearer_is_refused_with_a_pointer(
-    service: Service, api_key: str
-) -> None:
+async def test_api_key_as_bearer_is_refused_with_a_pointer(service: Service, api_key: str) -> None:
     r = await service.client.post(
         "/api/runs", json=RUN, headers={"Authorization": f"Bearer {api_key}"}
     )

@@ -127,9 +127,7 @@ async def test_valid_scopes_are_accepted(service: Service, api_key: str, scope: 
     assert r.json()["scope"] == scope
 
 
-async def test_mode_defaults_to_execute_and_needs_no_scope(
-    service: Service, api_key: str
-) -> None:
+async def test_mode_defaults_to_execute_and_needs_no_scope(service: Service, api_key: str) -> None:
     r = await service.run(api_key, {"model": MODEL, "input": {"text": "Hello"}})
     assert r.status_code == 200, r.text
     data = r.json()

@@ -19,8 +19,18 @@ MODEL = "all-minilm-l6-v2"
 
 DOCS = [
     ("cats", "Cats are small domesticated felines that purr and chase mice.", "animals", 2019),
-    ("rust", "The Rust compiler enforces memory safety through ownership and borrowing.", "code", 2021),
-    ("bread", "Knead the dough, let it rise overnight, then bake the sourdough loaf.", "food", 2015),
+    (
+        "rust",
+        "The Rust compiler enforces memory safety through ownership and borrowing.",
+        "code",
+        2021,
+    ),
+    (
+        "bread",
+        "Knead the dough, let it rise overnight, then bake the sourdough loaf.",
+        "food",
+        2015,
+    ),
     ("qdrant", "Qdrant is a vector database for similarity search over embeddings.", "code", 2023),
     ("tides", "Ocean tides are caused by the gravitational pull of the moon.", "science", 2010),
 ]
@@ -46,7 +56,13 @@ async def search(
 ) -> list[dict[str, Any]]:
     r = await service.run(
         key,
-        {"model": MODEL, "mode": "search", "scope": scope, "input": {"text": text}, "params": params},
+        {
+            "model": MODEL,
+            "mode": "search",
+            "scope": scope,
+            "input": {"text": text},
+            "params": params,
+        },
     )
     assert r.status_code == 200, r.text
     hits: list[dict[str, Any]] = r.json()["output"]["hits"]
@@ -81,7 +97,7 @@ async def test_search_ranks_the_relevant_document_first(service: Service, api_ke
         hits = await search(service, api_key, "kb", query, top_k=3)
         assert hits[0]["id"] == expected, (query, hits)
         assert hits[0]["score"] > hits[1]["score"]
-        assert hits[0]["text"] == dict((d[0], d[1]) for d in DOCS)[expected]
+        assert hits[0]["text"] == {d[0]: d[1] for d in DOCS}[expected]
         assert "topic" in hits[0]["metadata"]
 
 
@@ -165,7 +181,8 @@ async def test_same_scope_in_two_workspaces_is_two_namespaces(service: Service) 
     assert hits_b == {"bread", "qdrant", "tides"}
     # B deleting "cats" in its own namespace cannot touch A's point.
     r = await service.run(
-        key_b, {"model": MODEL, "mode": "delete", "scope": "shared-name", "input": {"ids": ["cats"]}}
+        key_b,
+        {"model": MODEL, "mode": "delete", "scope": "shared-name", "input": {"ids": ["cats"]}},
     )
     assert r.json()["output"]["deleted"] == 0
     assert {h["id"] for h in await search(service, key_a, "shared-name", "x")} == hits_a

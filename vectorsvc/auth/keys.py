@@ -44,7 +44,9 @@ def create_api_key(session: Session, *, workspace: Workspace, label: str = "") -
         ApiKey(id=key_id, workspace_id=workspace.id, secret_hash=_hash(secret), label=label)
     )
     session.flush()
-    return IssuedKey(key_id=key_id, workspace_id=workspace.id, plaintext=f"{KEY_PREFIX}{key_id}_{secret}")
+    return IssuedKey(
+        key_id=key_id, workspace_id=workspace.id, plaintext=f"{KEY_PREFIX}{key_id}_{secret}"
+    )
 
 
 def verify_api_key(session: Session, plaintext: str) -> ApiKey | None:

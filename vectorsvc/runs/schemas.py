@@ -135,11 +135,11 @@ def parse_run_request(body: Any) -> RunRequest:
     if not isinstance(mode, str):
         raise ValidationFailed("mode must be a string", field="mode")
     if "input" not in body or body["input"] is None:
-        raise ValidationFailed("input is required (a JSON object)", field="input",
-                               code="input_required")
+        raise ValidationFailed(
+            "input is required (a JSON object)", field="input", code="input_required"
+        )
     if not isinstance(body["input"], dict):
-        raise ValidationFailed("input must be a JSON object", field="input",
-                               code="invalid_input")
+        raise ValidationFailed("input must be a JSON object", field="input", code="invalid_input")
     scope = body.get("scope")
     if scope is None:
         if mode in VECTOR_MODES:

@@ -32,7 +32,7 @@ from vectorsvc.runs.inputs import (
 )
 from vectorsvc.runs.schemas import RunRequest, RunResponse, RunUsage
 from vectorsvc.state import AppState
-from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord, VectorStore
+from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord
 
 
 def new_run_id() -> str:
@@ -205,8 +205,7 @@ async def _delete(
     data = validate_part(DeleteInput, request.input, prefix="input")
     if (data.ids is None) == (data.filter is None):
         raise ValidationFailed(
-            "input: send exactly one of 'ids' (a list of item ids) or 'filter' (a metadata "
-            "filter)",
+            "input: send exactly one of 'ids' (a list of item ids) or 'filter' (a metadata filter)",
             field="input",
         )
     flt = ns.tenant_filter
