@@ -17,6 +17,7 @@ from vectorsvc.db.database import Database
 from vectorsvc.embedding import EmbedderLoader, EmbeddingService, default_loader
 from vectorsvc.errors import install_error_handlers
 from vectorsvc.health import router as health_router
+from vectorsvc.knowledge_bases.endpoints import router as knowledge_bases_router
 from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.runs.endpoints import router as runs_router
 from vectorsvc.state import AppState
@@ -81,4 +82,5 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(runs_router)
+    app.include_router(knowledge_bases_router)
     return app

@@ -32,6 +32,7 @@ ID_FIELD = "id"
 TEXT_FIELD = "text"
 METADATA_FIELD = "metadata"
 INDEXED_AT_FIELD = "indexed_at"
+MEDIA_REF_FIELD = "media_ref"
 
 # Fixed namespace for uuid5 point ids: stable across releases of this service.
 _POINT_ID_NAMESPACE = uuid.UUID("6f1c8e52-3a0b-4f4e-9d7e-8d7c2b1a9e01")

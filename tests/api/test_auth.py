@@ -89,6 +89,6 @@ async def test_health_is_open_and_nothing_else(service: Service) -> None:
     r = await service.client.get("/health")
     assert r.status_code == 200
     assert r.json()["status"] == "ok"
-    assert r.json()["vector_store"] == "qdrant-edge"
+    assert r.json()["vector_store"] == "edge"
     r = await service.client.post("/api/runs", json=RUN)
     assert r.status_code == 401

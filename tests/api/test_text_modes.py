@@ -48,7 +48,7 @@ async def index(service: Service, key: str, scope: str, payload: list[dict[str, 
         key, {"model": MODEL, "mode": "index", "scope": scope, "input": {"items": payload}}
     )
     assert r.status_code == 200, r.text
-    return r.json()
+    return r.json()["output"]
 
 
 async def search(

@@ -6,6 +6,7 @@ tenant key, point ids) -> vector store.
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import UTC, datetime
 from functools import partial
@@ -16,6 +17,7 @@ import numpy as np
 
 from vectorsvc import namespaces
 from vectorsvc.errors import ValidationFailed
+from vectorsvc.knowledge_bases import catalog
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.namespaces import Namespace
 from vectorsvc.runs.inputs import (
@@ -122,7 +124,9 @@ async def _index(
         )
         for i, item in enumerate(items)
     ]
-    created = await anyio.to_thread.run_sync(partial(_write_points, state, model, ns, points))
+    created = await anyio.to_thread.run_sync(
+        partial(_write_points, state, model, ns, points, modality="text")
+    )
     return (
         {
             "ids": [item.id for item in items],
@@ -140,14 +144,25 @@ async def _index(
 
 
 def _write_points(
-    state: AppState, model: ModelSpec, ns: Namespace, points: list[PointRecord]
+    state: AppState, model: ModelSpec, ns: Namespace, points: list[PointRecord], *, modality: str
 ) -> int:
-    """Upsert and return how many of the points are new in the namespace."""
+    """Upsert, update the catalog, and return how many of the points are new."""
     state.collections.ensure(model)
     existing = state.store.count(
         ns.collection, filter=ns.tenant_filter.and_(HasIds(tuple(p.id for p in points)))
     )
     state.store.upsert(ns.collection, points)
+    total = state.store.count(ns.collection, filter=ns.tenant_filter)
+    catalog.record_write(
+        state.db,
+        ns=ns,
+        modality=modality,
+        point_count=total,
+        written=len(points) - existing,
+        written_payload_bytes=sum(
+            len(json.dumps(p.payload)) for p in points[: len(points) - existing]
+        ),
+    )
     return len(points) - existing
 
 
@@ -225,7 +240,11 @@ async def _delete(
     def _run() -> int:
         if not state.collections.exists(model):
             return 0
-        return state.store.delete(ns.collection, filter=flt)
+        deleted = state.store.delete(ns.collection, filter=flt)
+        if deleted:
+            remaining = state.store.count(ns.collection, filter=ns.tenant_filter)
+            catalog.record_count(state.db, ns=ns, point_count=remaining)
+        return deleted
 
     deleted = await anyio.to_thread.run_sync(_run)
     return {"deleted": deleted, "scope": ns.scope}, RunUsage()

@@ -1,0 +1,51 @@
+"""Knowledge Bases API shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class KnowledgeBasePublic(BaseModel):
+    model: str
+    model_name: str
+    collection: str
+    scope: str
+    modality: str
+    point_count: int
+    last_write_at: datetime
+    approx_bytes: int
+
+
+class KnowledgeBasesPublic(BaseModel):
+    data: list[KnowledgeBasePublic]
+    count: int = Field(description="How many knowledge bases match the filters in total.")
+    next_cursor: str | None
+
+
+class ItemPublic(BaseModel):
+    id: str
+    text_snippet: str | None
+    media_ref: str | None
+    thumbnail_url: str | None
+    metadata: dict[str, Any]
+    indexed_at: str | None
+
+
+class ItemsPublic(BaseModel):
+    data: list[ItemPublic]
+    next_cursor: str | None
+
+
+class DeleteByFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    filter: dict[str, Any] = Field(description="Metadata filter, as in search params.filter.")
+    dry_run: bool = False
+
+
+class DeleteResult(BaseModel):
+    dry_run: bool
+    count: int = Field(description="Items removed, or that would be removed on a dry run.")
+    deleted: int = Field(description="Items removed (0 on a dry run).")

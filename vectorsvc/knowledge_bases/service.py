@@ -1,0 +1,216 @@
+"""Knowledge Bases: list what a workspace indexed, page through it, clean it up.
+
+Everything is scoped to the caller's workspace through `namespaces.resolve`, so no call can
+name another workspace's data.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import anyio
+
+from vectorsvc import namespaces
+from vectorsvc.errors import NotFound, ValidationFailed
+from vectorsvc.knowledge_bases import catalog
+from vectorsvc.knowledge_bases.schemas import (
+    DeleteResult,
+    ItemPublic,
+    ItemsPublic,
+    KnowledgeBasePublic,
+    KnowledgeBasesPublic,
+)
+from vectorsvc.namespaces import Namespace
+from vectorsvc.runs.inputs import parse_metadata_filter
+from vectorsvc.state import AppState
+from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord
+
+SNIPPET_CHARS = 280
+
+
+def _encode_cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> Any:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise ValidationFailed(
+            "cursor is not valid; pass the next_cursor of the previous page",
+            field="cursor",
+            code="invalid_cursor",
+        ) from None
+
+
+def list_knowledge_bases(
+    state: AppState,
+    *,
+    workspace_id: str,
+    model: str | None,
+    scope_prefix: str | None,
+    cursor: str | None,
+    limit: int,
+) -> KnowledgeBasesPublic:
+    if model is not None:
+        state.registry.get(model)
+    after: tuple[str, str] | None = None
+    if cursor:
+        decoded = _decode_cursor(cursor)
+        if not (isinstance(decoded, list) and len(decoded) == 2):
+            raise ValidationFailed("cursor is not valid", field="cursor", code="invalid_cursor")
+        after = (str(decoded[0]), str(decoded[1]))
+    entries, total = catalog.list_entries(
+        state.db,
+        workspace_id=workspace_id,
+        model=model,
+        scope_prefix=scope_prefix,
+        after=after,
+        limit=limit + 1,
+    )
+    has_more = len(entries) > limit
+    entries = entries[:limit]
+    data = []
+    for entry in entries:
+        spec = state.registry.get(entry.model)
+        data.append(
+            KnowledgeBasePublic(
+                model=entry.model,
+                model_name=spec.name,
+                collection=entry.collection,
+                scope=entry.scope,
+                modality=entry.modality,
+                point_count=entry.point_count,
+                last_write_at=entry.last_write_at,
+                approx_bytes=int(
+                    entry.point_count * (spec.dimension * 4 + entry.avg_payload_bytes)
+                ),
+            )
+        )
+    next_cursor = _encode_cursor([entries[-1].model, entries[-1].scope]) if has_more else None
+    return KnowledgeBasesPublic(data=data, count=total, next_cursor=next_cursor)
+
+
+def _namespace(state: AppState, *, workspace_id: str, model: str, scope: str) -> Namespace:
+    spec = state.registry.get(model)
+    return namespaces.resolve(workspace_id=workspace_id, model=spec, scope=scope)
+
+
+def _require_known(state: AppState, ns: Namespace) -> None:
+    entry = catalog.find_entry(
+        state.db, workspace_id=ns.workspace_id, model=ns.model_slug, scope=ns.scope
+    )
+    if entry is None:
+        raise NotFound(
+            f"no knowledge base for model {ns.model_slug!r} and scope {ns.scope!r} in this "
+            "workspace",
+            field="scope",
+            code="knowledge_base_not_found",
+        )
+
+
+def item_public(record: PointRecord) -> ItemPublic:
+    payload = record.payload
+    text = payload.get(namespaces.TEXT_FIELD)
+    media_ref = payload.get(namespaces.MEDIA_REF_FIELD)
+    return ItemPublic(
+        id=str(payload.get(namespaces.ID_FIELD)),
+        text_snippet=text[:SNIPPET_CHARS] if isinstance(text, str) else None,
+        media_ref=media_ref,
+        thumbnail_url=thumbnail_url(media_ref),
+        metadata=payload.get(namespaces.METADATA_FIELD) or {},
+        indexed_at=payload.get(namespaces.INDEXED_AT_FIELD),
+    )
+
+
+def thumbnail_url(media_ref: object) -> str | None:
+    return f"/api/media/{media_ref}/thumbnail" if isinstance(media_ref, str) else None
+
+
+async def list_items(
+    state: AppState, *, workspace_id: str, model: str, scope: str, cursor: str | None, limit: int
+) -> ItemsPublic:
+    ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
+    offset: str | None = None
+    if cursor:
+        decoded = _decode_cursor(cursor)
+        if not isinstance(decoded, str):
+            raise ValidationFailed("cursor is not valid", field="cursor", code="invalid_cursor")
+        offset = decoded
+
+    def _scroll() -> ItemsPublic:
+        _require_known(state, ns)
+        page = state.store.scroll(
+            ns.collection, filter=ns.tenant_filter, limit=limit, offset=offset
+        )
+        return ItemsPublic(
+            data=[item_public(p) for p in page.points],
+            next_cursor=_encode_cursor(page.next_offset) if page.next_offset else None,
+        )
+
+    return await anyio.to_thread.run_sync(_scroll)
+
+
+async def get_item(
+    state: AppState, *, workspace_id: str, model: str, scope: str, item_id: str
+) -> ItemPublic:
+    ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
+
+    def _get() -> ItemPublic:
+        _require_known(state, ns)
+        found = state.store.scroll(
+            ns.collection,
+            filter=ns.tenant_filter.and_(HasIds((ns.point_id(item_id),))),
+            limit=1,
+        ).points
+        if not found:
+            raise NotFound(
+                f"no item {item_id!r} in scope {scope!r}", field="item_id", code="item_not_found"
+            )
+        return item_public(found[0])
+
+    return await anyio.to_thread.run_sync(_get)
+
+
+async def delete_matching(
+    state: AppState,
+    *,
+    workspace_id: str,
+    model: str,
+    scope: str,
+    extra: Filter | None,
+    dry_run: bool,
+) -> DeleteResult:
+    """Delete (or count, on a dry run) the scope's points matching `extra` (all if None)."""
+    ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
+    flt = ns.tenant_filter if extra is None else ns.tenant_filter.and_(*extra.must)
+
+    def _delete() -> DeleteResult:
+        _require_known(state, ns)
+        if dry_run:
+            count = state.store.count(ns.collection, filter=flt)
+            return DeleteResult(dry_run=True, count=count, deleted=0)
+        deleted = state.store.delete(ns.collection, filter=flt)
+        remaining = state.store.count(ns.collection, filter=ns.tenant_filter)
+        catalog.record_count(state.db, ns=ns, point_count=remaining)
+        return DeleteResult(dry_run=False, count=deleted, deleted=deleted)
+
+    return await anyio.to_thread.run_sync(_delete)
+
+
+def item_filter(ns_item_id: str, ns: Namespace) -> Filter:
+    return Filter(must=(HasIds((ns.point_id(ns_item_id),)),))
+
+
+def metadata_filter(raw: dict[str, Any]) -> Filter:
+    if not raw:
+        raise ValidationFailed(
+            "filter: an empty filter matches the whole scope; use DELETE on the scope instead",
+            field="filter",
+            code="invalid_filter",
+        )
+    return parse_metadata_filter(raw, field="filter")
