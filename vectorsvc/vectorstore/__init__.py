@@ -1,0 +1,58 @@
+"""Vector stores: the backend-neutral interface plus a factory for its two backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vectorsvc.vectorstore.base import (
+    CollectionNotFound,
+    CollectionSpec,
+    Condition,
+    DimensionMismatch,
+    Filter,
+    HasIds,
+    MatchAny,
+    MatchValue,
+    Payload,
+    PointRecord,
+    Range,
+    ScoredPoint,
+    ScrollPage,
+    Vector,
+    VectorStore,
+    VectorStoreError,
+)
+
+__all__ = [
+    "CollectionNotFound",
+    "CollectionSpec",
+    "Condition",
+    "DimensionMismatch",
+    "Filter",
+    "HasIds",
+    "MatchAny",
+    "MatchValue",
+    "Payload",
+    "PointRecord",
+    "Range",
+    "ScoredPoint",
+    "ScrollPage",
+    "Vector",
+    "VectorStore",
+    "VectorStoreError",
+    "open_vector_store",
+]
+
+
+def open_vector_store(
+    *, data_dir: Path, qdrant_url: str | None, qdrant_api_key: str | None
+) -> VectorStore:
+    """Edge (in-process, rooted at `data_dir`) when no URL is configured, else a remote
+    Qdrant. Backends are imported here so the unused one's library is never loaded."""
+    if not qdrant_url:  # None or "" (an unset env var) both mean "no server"
+        from vectorsvc.vectorstore.edge import EdgeVectorStore
+
+        return EdgeVectorStore(Path(data_dir))
+    from vectorsvc.vectorstore.remote import RemoteVectorStore
+
+    return RemoteVectorStore.from_url(qdrant_url, api_key=qdrant_api_key)

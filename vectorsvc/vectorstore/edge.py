@@ -1,0 +1,519 @@
+"""`VectorStore` on Qdrant Edge (qdrant-edge-py 0.9): in-process shards, no server.
+
+Edge has no collections and no aliases, so this module supplies both:
+
+    root/
+      .lock                      exclusive flock: one process per root (Edge's WAL would
+                                 refuse a second opener anyway, but only lazily, per shard)
+      aliases.json               {"alias": "collection"}, replaced atomically
+      collections/<name>/
+        spec.json                the CollectionSpec; written LAST, so it marks a finished
+                                 ensure_collection (a shard dir without it is an orphan)
+        shard/                   the Edge shard directory
+
+Upserts are durable when `update()` returns (Edge's WAL is on by default). `optimize()` is
+never called implicitly: it holds the GIL for tens of seconds, so only the explicit
+`optimize(collection)` method runs it, and the service calls that offline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from vectorsvc.vectorstore.base import (
+    CollectionNotFound,
+    CollectionSpec,
+    Condition,
+    DimensionMismatch,
+    Filter,
+    HasIds,
+    MatchAny,
+    MatchValue,
+    PointRecord,
+    Range,
+    ScoredPoint,
+    ScrollPage,
+    Vector,
+    VectorStoreError,
+)
+from vectorsvc.vectorstore.filters import (
+    DENSE_VECTOR,
+    canonical_id,
+    canonical_ids,
+    dense_list,
+    facet_key,
+    split_any,
+)
+
+# Names become directory names: keep them to a safe, Qdrant-compatible alphabet.
+_NAME_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
+_SPEC_FILE = "spec.json"
+_SHARD_DIR = "shard"
+_ALIASES_FILE = "aliases.json"
+_LOCK_FILE = ".lock"
+
+
+def _check_name(name: str, what: str = "collection") -> str:
+    if not _NAME_RULE.match(name):
+        raise VectorStoreError(f"invalid {what} name {name!r}")
+    return name
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    """Write temp file in the same directory, fsync, os.replace: readers (and a crash)
+    see either the old or the new file, never a torn one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _spec_to_json(spec: CollectionSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "dimension": spec.dimension,
+        "tenant_key": spec.tenant_key,
+        "keyword_fields": list(spec.keyword_fields),
+        "float_fields": list(spec.float_fields),
+        "extra": dict(spec.extra),
+    }
+
+
+def _spec_from_json(data: dict[str, Any]) -> CollectionSpec:
+    return CollectionSpec(
+        name=str(data["name"]),
+        dimension=int(data["dimension"]),
+        tenant_key=str(data["tenant_key"]),
+        keyword_fields=tuple(data.get("keyword_fields", ())),
+        float_fields=tuple(data.get("float_fields", ())),
+        extra=dict(data.get("extra", {})),
+    )
+
+
+def _merge_specs(old: CollectionSpec, new: CollectionSpec) -> CollectionSpec:
+    """Indexes are only ever added, so the persisted spec is the union of both."""
+    return CollectionSpec(
+        name=old.name,
+        dimension=old.dimension,
+        tenant_key=new.tenant_key,
+        keyword_fields=tuple(dict.fromkeys(old.keyword_fields + new.keyword_fields)),
+        float_fields=tuple(dict.fromkeys(old.float_fields + new.float_fields)),
+        extra={**old.extra, **new.extra},
+    )
+
+
+def _index_plan(spec: CollectionSpec) -> dict[str, qe.KeywordIndexParams | qe.FloatIndexParams]:
+    """field -> Edge index params. The tenant key wins if also listed as a keyword field."""
+    plan: dict[str, qe.KeywordIndexParams | qe.FloatIndexParams] = {}
+    for field_name in spec.float_fields:
+        plan[field_name] = qe.FloatIndexParams()
+    for field_name in spec.keyword_fields:
+        plan[field_name] = qe.KeywordIndexParams()
+    plan[spec.tenant_key] = qe.KeywordIndexParams(is_tenant=True)
+    return plan
+
+
+def _match_value(value: str | int | bool) -> qe.MatchValue:
+    if isinstance(value, bool):
+        # qdrant-edge 0.9 extracts a Python bool as the integer 0/1 (bool subclasses int),
+        # so MatchValue(True) silently matches payload 1, never true. numpy.bool_ is not an
+        # int to its extractor and arrives as a real boolean (measured; see tests).
+        return qe.MatchValue(np.bool_(value))  # type: ignore[arg-type]
+    return qe.MatchValue(value)
+
+
+def _condition(cond: Condition) -> qe.ConditionType:
+    if isinstance(cond, MatchValue):
+        return qe.FieldCondition(cond.key, match=_match_value(cond.value))
+    if isinstance(cond, MatchAny):
+        strings, integers = split_any(cond.values)
+        if strings and integers:
+            # Mixed kinds: OR of one keyword list and one integer list.
+            return qe.Filter(
+                should=[
+                    qe.FieldCondition(cond.key, match=qe.MatchAny(strings)),
+                    qe.FieldCondition(cond.key, match=qe.MatchAny(integers)),
+                ]
+            )
+        values: list[str] | list[int] = integers if integers else strings
+        return qe.FieldCondition(cond.key, match=qe.MatchAny(values))
+    if isinstance(cond, Range):
+        return qe.FieldCondition(
+            cond.key, range=qe.RangeFloat(gte=cond.gte, gt=cond.gt, lte=cond.lte, lt=cond.lt)
+        )
+    if isinstance(cond, HasIds):
+        return qe.HasIdCondition(set(canonical_ids(cond.ids)))
+    raise TypeError(f"unsupported condition {cond!r}")
+
+
+def to_edge_filter(flt: Filter) -> qe.Filter | None:
+    """Our Filter -> `qdrant_edge.Filter`, or None for "everything"."""
+    if not flt.must:
+        return None
+    return qe.Filter(must=[_condition(c) for c in flt.must])
+
+
+def _payload(raw: dict[str, Any] | None) -> dict[str, Any]:
+    return dict(raw) if raw else {}
+
+
+class EdgeVectorStore:
+    """Qdrant Edge backend: one shard per collection under `root`, aliases in a JSON file.
+
+    Thread-safe: shards are opened lazily and kept in a dict guarded by `_lock`; Edge's
+    queries and updates are themselves thread-safe. Writes to one collection (upsert,
+    delete) are serialised by a per-collection lock so `delete` can count exactly.
+    """
+
+    backend_name = "edge"
+
+    def __init__(self, root: Path, *, max_search_threads: int | None = None) -> None:
+        self._root = Path(root)
+        self._collections_dir = self._root / "collections"
+        self._aliases_path = self._root / _ALIASES_FILE
+        self._max_search_threads = max_search_threads
+        self._collections_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._acquire_root_lock()
+        self._lock = threading.Lock()
+        self._write_locks: dict[str, threading.Lock] = {}
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._closed = False
+        self._specs = self._load_specs()
+        self._aliases = self._load_aliases()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def _acquire_root_lock(self) -> int:
+        fd = os.open(self._root / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise VectorStoreError(
+                f"{self._root} is already open by another EdgeVectorStore"
+            ) from exc
+        return fd
+
+    def close(self) -> None:
+        """Flush and close every open shard, then release the root. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            shards, self._shards = self._shards, {}
+            errors: list[BaseException] = []
+            for name, shard in shards.items():
+                # Wait for an in-flight upsert/delete on this collection to finish.
+                with self._write_locks.get(name) or nullcontext():
+                    try:
+                        shard.flush()  # segments on disk: reopening needs no WAL replay
+                        shard.close()
+                    except Exception as exc:  # close the others regardless
+                        errors.append(exc)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            if errors:
+                raise VectorStoreError(f"closing shards failed: {errors!r}") from errors[0]
+
+    def __enter__(self) -> EdgeVectorStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def optimize(self, collection: str) -> bool:
+        """Merge/index segments. Blocks (and holds the GIL) for a long time: offline only."""
+        return bool(self._shard(self._resolve(collection)).optimize())
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def _collection_dir(self, name: str) -> Path:
+        return self._collections_dir / _check_name(name)
+
+    def _load_specs(self) -> dict[str, CollectionSpec]:
+        specs: dict[str, CollectionSpec] = {}
+        for spec_path in sorted(self._collections_dir.glob(f"*/{_SPEC_FILE}")):
+            spec = _spec_from_json(json.loads(spec_path.read_text(encoding="utf-8")))
+            specs[spec.name] = spec
+        return specs
+
+    def _load_aliases(self) -> dict[str, str]:
+        if not self._aliases_path.exists():
+            return {}
+        data = json.loads(self._aliases_path.read_text(encoding="utf-8"))
+        return {str(k): str(v) for k, v in data.items()}
+
+    def _edge_config(self, spec: CollectionSpec) -> qe.EdgeConfig:
+        # Edge needs the vectors declared on create AND on load (EdgeConfig() without
+        # vectors is rejected); on load it also validates them against the segments.
+        return qe.EdgeConfig(
+            vectors={
+                DENSE_VECTOR: qe.EdgeVectorParams(size=spec.dimension, distance=qe.Distance.Cosine)
+            },
+            max_search_threads=self._max_search_threads,
+        )
+
+    # --- lookup ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VectorStoreError("the vector store is closed")
+
+    def _resolve(self, name: str) -> str:
+        """A collection name, or an alias of one (as Qdrant server accepts aliases)."""
+        with self._lock:
+            self._check_open()
+            if name in self._specs:
+                return name
+            target = self._aliases.get(name)
+            if target is not None and target in self._specs:
+                return target
+        raise CollectionNotFound(name)
+
+    def _shard(self, collection: str) -> qe.EdgeShard:
+        with self._lock:
+            self._check_open()
+            shard = self._shards.get(collection)
+            if shard is None:
+                spec = self._specs.get(collection)
+                if spec is None:
+                    raise CollectionNotFound(collection)
+                shard_dir = self._collection_dir(collection) / _SHARD_DIR
+                shard = qe.EdgeShard.load(str(shard_dir), self._edge_config(spec))
+                self._shards[collection] = shard
+            return shard
+
+    def _write_lock(self, collection: str) -> threading.Lock:
+        with self._lock:
+            return self._write_locks.setdefault(collection, threading.Lock())
+
+    def _spec(self, collection: str) -> CollectionSpec:
+        with self._lock:
+            return self._specs[collection]
+
+    # --- collections and aliases ----------------------------------------------------------
+
+    def ensure_collection(self, spec: CollectionSpec) -> None:
+        name = _check_name(spec.name)
+        if spec.dimension <= 0:
+            raise VectorStoreError(f"dimension must be positive, got {spec.dimension}")
+        # Under the global lock for simplicity: creating a collection is rare, and only
+        # shard lookups (not queries already running) wait for it.
+        with self._lock:
+            self._check_open()
+            existing = self._specs.get(name)
+            if existing is not None and existing.dimension != spec.dimension:
+                raise DimensionMismatch(name, expected=spec.dimension, actual=existing.dimension)
+            if name in self._aliases:
+                raise VectorStoreError(f"{name!r} is already an alias")
+            coll_dir = self._collection_dir(name)
+            shard_dir = coll_dir / _SHARD_DIR
+            if existing is None:
+                # No spec.json: any shard dir here is an orphan of a create that never
+                # returned, so it cannot hold acknowledged data.
+                if shard_dir.exists():
+                    shutil.rmtree(shard_dir)
+                coll_dir.mkdir(parents=True, exist_ok=True)
+                shard = qe.EdgeShard.create(str(shard_dir), self._edge_config(spec))
+                try:
+                    self._add_indexes(shard, spec)
+                    shard.flush()  # indexes on disk before spec.json declares the collection
+                    _write_json_atomic(coll_dir / _SPEC_FILE, _spec_to_json(spec))
+                except BaseException:
+                    shard.close()  # leave an orphan dir, never a half-registered shard
+                    raise
+                self._shards[name] = shard
+                self._specs[name] = spec
+                return
+            opened = self._shards.get(name)
+            if opened is None:
+                opened = qe.EdgeShard.load(str(shard_dir), self._edge_config(existing))
+                self._shards[name] = opened
+            merged = _merge_specs(existing, spec)
+            self._add_indexes(opened, merged)
+            if merged != existing:
+                opened.flush()
+                _write_json_atomic(coll_dir / _SPEC_FILE, _spec_to_json(merged))
+                self._specs[name] = merged
+
+    @staticmethod
+    def _add_indexes(shard: qe.EdgeShard, spec: CollectionSpec) -> None:
+        indexed = set(shard.info().payload_schema)
+        for field_name, params in _index_plan(spec).items():
+            if field_name not in indexed:
+                shard.update(qe.UpdateOperation.create_field_index(field_name, params))
+
+    def collection_exists(self, name: str) -> bool:
+        """True for a collection or an alias of one (Qdrant's semantics)."""
+        try:
+            self._resolve(name)
+        except CollectionNotFound:
+            return False
+        return True
+
+    def list_collections(self) -> list[str]:
+        with self._lock:
+            self._check_open()
+            return sorted(self._specs)
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        _check_name(alias, "alias")
+        with self._lock:
+            self._check_open()
+            if collection not in self._specs:
+                raise CollectionNotFound(collection)
+            if alias in self._specs:
+                raise VectorStoreError(f"{alias!r} is a collection, not an alias")
+            aliases = {**self._aliases, alias: collection}
+            _write_json_atomic(self._aliases_path, aliases)  # the switch is one os.replace
+            self._aliases = aliases
+
+    def resolve_alias(self, alias: str) -> str | None:
+        with self._lock:
+            self._check_open()
+            return self._aliases.get(alias)
+
+    # --- points ---------------------------------------------------------------------------
+
+    def upsert(self, collection: str, points: Sequence[PointRecord]) -> None:
+        name = self._resolve(collection)
+        dimension = self._spec(name).dimension
+        edge_points = []
+        for point in points:
+            if point.vector is None:
+                raise VectorStoreError(f"point {point.id} has no vector")
+            edge_points.append(
+                qe.Point(
+                    canonical_id(point.id),
+                    {DENSE_VECTOR: dense_list(name, dimension, point.vector)},
+                    dict(point.payload),
+                )
+            )
+        if not edge_points:
+            return
+        shard = self._shard(name)
+        with self._write_lock(name):
+            shard.update(qe.UpdateOperation.upsert_points(edge_points))
+
+    def search(
+        self,
+        collection: str,
+        vector: Vector,
+        *,
+        filter: Filter,
+        limit: int,
+        offset: int = 0,
+    ) -> list[ScoredPoint]:
+        name = self._resolve(collection)
+        query = dense_list(name, self._spec(name).dimension, vector)
+        request = qe.QueryRequest(
+            limit=limit,
+            offset=offset,
+            query=qe.Query.Nearest(query, using=DENSE_VECTOR),
+            filter=to_edge_filter(filter),
+            with_payload=True,
+            with_vector=False,
+        )
+        hits = self._shard(name).query(request)
+        return [
+            ScoredPoint(id=str(h.id), score=float(h.score), payload=_payload(h.payload))
+            for h in hits
+        ]
+
+    def retrieve(self, collection: str, ids: Sequence[str]) -> list[PointRecord]:
+        name = self._resolve(collection)
+        wanted = canonical_ids(ids)
+        if not wanted:
+            return []
+        point_ids: list[qe.PointId] = list(wanted)
+        records = self._shard(name).retrieve(point_ids, with_payload=True, with_vector=False)
+        by_id = {str(r.id): r for r in records}
+        # Request order, duplicates once, missing left out: same as the remote backend.
+        return [
+            PointRecord(id=i, payload=_payload(by_id[i].payload))
+            for i in dict.fromkeys(wanted)
+            if i in by_id
+        ]
+
+    def count(self, collection: str, *, filter: Filter) -> int:
+        name = self._resolve(collection)
+        request = qe.CountRequest(exact=True, filter=to_edge_filter(filter))
+        return int(self._shard(name).count(request))
+
+    def scroll(
+        self,
+        collection: str,
+        *,
+        filter: Filter,
+        limit: int,
+        offset: str | None = None,
+    ) -> ScrollPage:
+        name = self._resolve(collection)
+        request = qe.ScrollRequest(
+            offset=canonical_id(offset) if offset is not None else None,
+            limit=limit,
+            filter=to_edge_filter(filter),
+            with_payload=True,
+            with_vector=False,
+        )
+        records, next_offset = self._shard(name).scroll(request)
+        return ScrollPage(
+            points=[PointRecord(id=str(r.id), payload=_payload(r.payload)) for r in records],
+            # Edge returns a uuid.UUID (the first id of the next page, inclusive).
+            next_offset=str(next_offset) if next_offset is not None else None,
+        )
+
+    def delete(self, collection: str, *, filter: Filter) -> int:
+        name = self._resolve(collection)
+        shard = self._shard(name)
+        edge_filter = to_edge_filter(filter)
+        # Count and delete under the collection's write lock: no upsert can slip in between,
+        # so the count is exactly what the delete removes.
+        with self._write_lock(name):
+            removed = int(shard.count(qe.CountRequest(exact=True, filter=edge_filter)))
+            if removed:
+                if edge_filter is None:
+                    edge_filter = qe.Filter(must=[])  # matches every point
+                shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
+        return removed
+
+    def facet(self, collection: str, key: str, *, filter: Filter, limit: int) -> dict[str, int]:
+        name = self._resolve(collection)
+        request = qe.FacetRequest(key, limit=limit, exact=True, filter=to_edge_filter(filter))
+        response = self._shard(name).facet(request)
+        return {facet_key(hit.value): int(hit.count) for hit in response.hits}
