@@ -18,6 +18,8 @@ from vectorsvc.embedding import EmbedderLoader, EmbeddingService, default_loader
 from vectorsvc.errors import install_error_handlers
 from vectorsvc.health import router as health_router
 from vectorsvc.knowledge_bases.endpoints import router as knowledge_bases_router
+from vectorsvc.media.endpoints import router as media_router
+from vectorsvc.media.service import MediaService
 from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.runs.endpoints import router as runs_router
 from vectorsvc.state import AppState
@@ -51,6 +53,7 @@ def build_state(settings: Settings, loader: EmbedderLoader | None = None) -> App
         embeddings=embeddings,
         token_verifier=NoAccessTokens(),
         collections=CollectionManager(store),
+        media=MediaService.from_settings(settings, db),
     )
 
 
@@ -82,5 +85,6 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(runs_router)
+    app.include_router(media_router)
     app.include_router(knowledge_bases_router)
     return app

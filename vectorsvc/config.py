@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
     batch_wait_ms: float = Field(default=1.0, ge=0, le=50)
 
+    # Media uploads: the byte limit holds at init and while the PUT body streams in; the
+    # pixel limit refuses decompression bombs before any image is decoded.
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    upload_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    max_image_pixels: int = Field(default=50_000_000, ge=1)
+
     @field_validator("qdrant_url")
     @classmethod
     def _url_scheme(cls, value: str | None) -> str | None:

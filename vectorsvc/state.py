@@ -12,6 +12,7 @@ from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.embedding import EmbeddingService
+from vectorsvc.media.service import MediaService
 from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.vectorstore.base import VectorStore
 
@@ -25,6 +26,7 @@ class AppState:
     embeddings: EmbeddingService
     token_verifier: AccessTokenVerifier
     collections: CollectionManager
+    media: MediaService
 
 
 def get_state(request: Request) -> AppState:
