@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 Embeddings = npt.NDArray[np.float32]  # shape (n, dimension), float32, rows L2-normalised
 
 
-class Modality(str, enum.Enum):
+class Modality(enum.StrEnum):
     TEXT = "text"
     IMAGE = "image"
 
@@ -36,6 +36,16 @@ class WeightsUnavailable(RuntimeError):
         self.embedder = embedder
         self.reason = reason
         self.how_to_install = how_to_install
+
+
+class MissingDependency(ImportError):
+    """An optional package that this embedder needs is not installed; `pip_install` fixes it."""
+
+    def __init__(self, embedder: str, package: str, pip_install: str) -> None:
+        super().__init__(f"{embedder} needs the {package!r} package: {pip_install}")
+        self.embedder = embedder
+        self.package = package
+        self.pip_install = pip_install
 
 
 class Embedder(ABC):

