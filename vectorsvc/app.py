@@ -10,7 +10,9 @@ import anyio
 from fastapi import FastAPI
 
 from vectorsvc import __version__
-from vectorsvc.auth.tokens import NoAccessTokens
+from vectorsvc.accounts.endpoints import router as accounts_router
+from vectorsvc.accounts.service import SessionAccessTokens
+from vectorsvc.billing.endpoints import router as billing_router
 from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
@@ -18,17 +20,23 @@ from vectorsvc.embedding import EmbedderLoader, EmbeddingService, default_loader
 from vectorsvc.errors import install_error_handlers
 from vectorsvc.health import router as health_router
 from vectorsvc.knowledge_bases.endpoints import router as knowledge_bases_router
+from vectorsvc.limits import BodySizeLimitMiddleware, RateLimiter
+from vectorsvc.marketplace.endpoints import router as marketplace_router
 from vectorsvc.media.endpoints import router as media_router
 from vectorsvc.media.service import MediaService
 from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.observability import Metrics, ObservabilityMiddleware
 from vectorsvc.runs.endpoints import router as runs_router
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore import open_vector_store
+from vectorsvc.web import install_web
 
 logger = logging.getLogger(__name__)
 
 
-def build_state(settings: Settings, loader: EmbedderLoader | None = None) -> AppState:
+def build_state(
+    settings: Settings, loader: EmbedderLoader | None = None, metrics: Metrics | None = None
+) -> AppState:
     """Open every part the service needs (blocking: database, vector store)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url)
@@ -44,6 +52,7 @@ def build_state(settings: Settings, loader: EmbedderLoader | None = None) -> App
         loader=loader
         or default_loader(str(settings.resolved_models_dir), settings.embed_batch_size),
         batch_wait_ms=settings.batch_wait_ms,
+        on_batch=metrics.observe_batch if metrics else None,
     )
     return AppState(
         settings=settings,
@@ -51,9 +60,10 @@ def build_state(settings: Settings, loader: EmbedderLoader | None = None) -> App
         registry=registry,
         store=store,
         embeddings=embeddings,
-        token_verifier=NoAccessTokens(),
+        token_verifier=SessionAccessTokens(db),
         collections=CollectionManager(store),
         media=MediaService.from_settings(settings, db),
+        rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
     )
 
 
@@ -62,10 +72,11 @@ def create_app(
 ) -> FastAPI:
     """The application. `embedder_loader` lets tests share loaded models between apps."""
     settings = settings or Settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await anyio.to_thread.run_sync(build_state, settings, embedder_loader)
+        state = await anyio.to_thread.run_sync(build_state, settings, embedder_loader, metrics)
         app.state.vectorsvc = state
         await anyio.to_thread.run_sync(state.embeddings.preload, settings.preload_model_slugs)
         logger.info("vectorsvc ready: store=%s", state.store.backend_name)
@@ -82,9 +93,20 @@ def create_app(
         summary="Vector index and search for scoped knowledge bases",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
     install_error_handlers(app)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        exempt_prefixes=("/api/media/uploads/",),
+    )
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(health_router)
     app.include_router(runs_router)
+    app.include_router(marketplace_router)
+    app.include_router(billing_router)
     app.include_router(media_router)
+    app.include_router(accounts_router)
+    install_web(app)
     app.include_router(knowledge_bases_router)
     return app

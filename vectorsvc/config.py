@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -31,7 +32,15 @@ class Settings(BaseSettings):
     # Which models to load at start-up (comma separated slugs); others load on first use.
     preload_models: str = "all-minilm-l6-v2"
     create_dev_workspace: bool = True
+    # Billing, in credits (exact decimals, at most 6 places): what the `dev` workspace
+    # starts with, and what every other wallet opens with (0 in production: top up).
+    dev_starting_credits: Decimal = Field(default=Decimal(1000), ge=0, decimal_places=6)
+    default_workspace_credits: Decimal = Field(default=Decimal(0), ge=0, decimal_places=6)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Browser sessions: a short-lived access token, a longer refresh token that rotates.
+    access_token_ttl_s: int = Field(default=15 * 60, ge=1, le=24 * 3600)
+    refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, ge=1, le=365 * 24 * 3600)
 
     # Limits
     max_items_per_run: int = Field(default=1000, ge=1)
@@ -40,6 +49,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
     batch_wait_ms: float = Field(default=1.0, ge=0, le=50)
+    # Per-credential token bucket (0 disables): sustained requests per minute, and burst.
+    rate_limit_per_minute: int = Field(default=1200, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+    # /metrics answers loopback clients; others must send this token as X-Metrics-Token.
+    metrics_token: str | None = None
 
     # Media uploads: the byte limit holds at init and while the PUT body streams in; the
     # pixel limit refuses decompression bombs before any image is decoded.

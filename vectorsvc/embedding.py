@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from embedders.factory import create_embedder
 
 from embedders.base import Embedder, Embeddings, WeightsUnavailable
+from embedders.factory import create_embedder
 from vectorsvc.errors import Unavailable
 from vectorsvc.models.registry import ModelRegistry, ModelSpec
 
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 InputKind = Literal["document", "query", "image"]
 EmbedderLoader = Callable[[ModelSpec], Embedder]
+# Called after each model call with (model slug, input kind, batch size, seconds).
+BatchObserver = Callable[[str, str, int, float], None]
 
 
 def default_loader(models_dir: str, batch_size: int) -> EmbedderLoader:
@@ -63,9 +65,12 @@ class BatchStats:
 class ModelRuntime:
     """One model: its weights (loaded on first use) and its worker thread."""
 
-    def __init__(self, spec: ModelSpec, loader: EmbedderLoader) -> None:
+    def __init__(
+        self, spec: ModelSpec, loader: EmbedderLoader, on_batch: BatchObserver | None = None
+    ) -> None:
         self.spec = spec
         self._loader = loader
+        self._on_batch = on_batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{spec.slug}")
         self._load_lock = threading.Lock()
         self._embedder: Embedder | None = None
@@ -99,11 +104,16 @@ class ModelRuntime:
         embedder = self.load()
         self.calls += 1
         self.items += len(inputs)
+        started = time.perf_counter()
         if kind == "document":
-            return embedder.embed_texts(inputs)
-        if kind == "query":
-            return embedder.embed_queries(inputs)
-        return embedder.embed_images(inputs)
+            vectors = embedder.embed_texts(inputs)
+        elif kind == "query":
+            vectors = embedder.embed_queries(inputs)
+        else:
+            vectors = embedder.embed_images(inputs)
+        if self._on_batch is not None:
+            self._on_batch(self.spec.slug, kind, len(inputs), time.perf_counter() - started)
+        return vectors
 
     async def submit(self, kind: InputKind, inputs: Sequence[Any]) -> Embeddings:
         return await asyncio.wrap_future(self._executor.submit(self.run, kind, inputs))
@@ -120,7 +130,9 @@ class EmbeddingService:
         loader: EmbedderLoader,
         batch_wait_ms: float = 1.0,
         max_batch_items: int = 256,
+        on_batch: BatchObserver | None = None,
     ) -> None:
+        self._on_batch = on_batch
         self._registry = registry
         self._runtimes: dict[str, ModelRuntime] = {}
         self._lanes: dict[tuple[str, InputKind], _Lane] = {}
@@ -133,7 +145,7 @@ class EmbeddingService:
         with self._lock:
             runtime = self._runtimes.get(spec.slug)
             if runtime is None:
-                runtime = ModelRuntime(spec, self._loader)
+                runtime = ModelRuntime(spec, self._loader, self._on_batch)
                 self._runtimes[spec.slug] = runtime
             return runtime
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from vectorsvc import __version__
+from vectorsvc.errors import Unauthenticated
+from vectorsvc.observability import Metrics
 from vectorsvc.state import StateDep
 
 router = APIRouter(tags=["health"])
@@ -21,3 +25,25 @@ class Health(BaseModel):
 @router.get("/api/health", response_model=Health, include_in_schema=False)
 def health(state: StateDep) -> Health:
     return Health(status="ok", version=__version__, vector_store=state.store.backend_name)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request, state: StateDep) -> Response:
+    """Prometheus metrics: aggregate only (bounded labels, no tenant data).
+
+    Served to loopback clients, or to anyone presenting `VECTORSVC_METRICS_TOKEN` as
+    `X-Metrics-Token`.
+    """
+    token = state.settings.metrics_token
+    client = request.client.host if request.client else ""
+    presented = request.headers.get("x-metrics-token")
+    allowed = client in ("127.0.0.1", "::1", "localhost") or (
+        token is not None and presented is not None and hmac.compare_digest(presented, token)
+    )
+    if not allowed:
+        raise Unauthenticated(
+            "metrics are served to loopback clients or with X-Metrics-Token",
+            code="metrics_forbidden",
+        )
+    registry: Metrics = request.app.state.metrics
+    return registry.render()

@@ -12,6 +12,7 @@ from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.embedding import EmbeddingService
+from vectorsvc.limits import RateLimiter
 from vectorsvc.media.service import MediaService
 from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.vectorstore.base import VectorStore
@@ -27,6 +28,7 @@ class AppState:
     token_verifier: AccessTokenVerifier
     collections: CollectionManager
     media: MediaService
+    rate_limiter: RateLimiter
 
 
 def get_state(request: Request) -> AppState:

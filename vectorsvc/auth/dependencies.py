@@ -30,6 +30,13 @@ def authenticate(
     x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Caller:
+    """Who is calling, then the per-credential rate limit (429 with Retry-After)."""
+    caller = identify_caller(request, x_api_key, authorization)
+    get_state(request).rate_limiter.check(f"{caller.via}:{caller.principal_id}")
+    return caller
+
+
+def identify_caller(request: Request, x_api_key: str | None, authorization: str | None) -> Caller:
     state: AppState = get_state(request)
     bearer: str | None = None
     if authorization is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ServiceError
@@ -41,11 +41,13 @@ _EXAMPLE = {
     },
 )
 async def create_run(
+    http_request: Request,
     caller: CurrentCaller,
     state: StateDep,
     body: Annotated[Any, Body(include_in_schema=False)] = None,
 ) -> RunResponse:
     request = parse_run_request(body)
+    http_request.state.run_mode = request.mode  # a metrics label (closed set, checked there)
     timeout = request.options.get("timeout_s")
     if timeout is None:
         return await execute_run(state, workspace_id=caller.workspace_id, request=request)

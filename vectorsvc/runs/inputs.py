@@ -6,7 +6,14 @@ import json
 import re
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.namespaces import METADATA_FIELD
@@ -51,32 +58,65 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-class TextItem(_Strict):
+class MediaRef(_Strict):
+    media_ref: str = Field(min_length=1, max_length=200)
+
+
+class IndexItem(_Strict):
+    """One item to index: exactly one of `text` or `image`."""
+
     id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
-    text: str = Field(min_length=1)
+    text: str | None = Field(default=None, min_length=1)
+    image: MediaRef | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _metadata = field_validator("metadata")(_check_metadata)
 
     @field_validator("text")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("text must not be empty or only whitespace")
         return value
 
+    @model_validator(mode="after")
+    def _one_content(self) -> IndexItem:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("send exactly one of 'text' or 'image' ({\"media_ref\": ...})")
+        return self
 
-class IndexTextInput(_Strict):
-    items: list[TextItem] = Field(min_length=1)
+
+class IndexInput(_Strict):
+    items: list[IndexItem] = Field(min_length=1)
 
 
-class ExecuteTextInput(_Strict):
+class ExecuteInput(_Strict):
+    """Exactly one of `text`, `texts`, `image`, `images`."""
+
     text: str | None = Field(default=None, min_length=1)
     texts: list[str] | None = Field(default=None, min_length=1)
+    image: MediaRef | None = None
+    images: list[MediaRef] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ExecuteInput:
+        given = [n for n in ("text", "texts", "image", "images") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("send exactly one of 'text', 'texts', 'image' or 'images'")
+        return self
 
 
-class SearchTextInput(_Strict):
-    text: str = Field(min_length=1)
+class SearchInput(_Strict):
+    """Query by `text` or by example `image`."""
+
+    text: str | None = Field(default=None, min_length=1)
+    image: MediaRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchInput:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("send exactly one of 'text' or 'image' ({\"media_ref\": ...})")
+        return self
 
 
 class DeleteInput(_Strict):
