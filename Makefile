@@ -29,6 +29,7 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install
+	sh scripts/install-browser.sh  # Debian Chromium for the browser tests (no-op once there)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

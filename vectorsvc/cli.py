@@ -101,6 +101,42 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_new_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise ServiceError(
+            "no terminal to prompt for a password: pipe it in and pass --password-stdin",
+            code="password_required",
+        )
+    import getpass
+
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != password:
+        raise ServiceError("the two passwords differ", code="password_mismatch")
+    return password
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    # Imported here: only this command needs argon2 and the accounts service.
+    from vectorsvc.accounts.service import create_user
+    from vectorsvc.workspaces.service import find_workspace
+
+    db = _database(_settings(args))
+    with db.session() as session:
+        workspace = find_workspace(session, name=args.workspace)
+        if workspace is None:
+            raise ServiceError(
+                f"workspace {args.workspace!r} does not exist; create it first with "
+                f"`vectorsvc workspace create {args.workspace}`"
+            )
+        user = create_user(
+            session, email=args.email, password=_read_new_password(args), workspace=workspace
+        )
+        print(f"created user {user.email} ({user.id}) in workspace {workspace.name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vectorsvc", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -129,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     k_revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke an API key")
     k_revoke.add_argument("key_id")
     k_revoke.set_defaults(func=cmd_keys_revoke)
+
+    users = sub.add_parser("users", help="manage users who sign in to the web page")
+    users_sub = users.add_subparsers(dest="action", required=True)
+    u_create = users_sub.add_parser(
+        "create", parents=[common], help="create a user in a workspace (prompts for a password)"
+    )
+    u_create.add_argument("--email", required=True)
+    u_create.add_argument("--workspace", required=True, help="an existing workspace name")
+    u_create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    u_create.set_defaults(func=cmd_users_create)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Users, workspace membership and browser sessions (sign-in, refresh, sign-out)."""

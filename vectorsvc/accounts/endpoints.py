@@ -1,0 +1,99 @@
+"""`/api/auth/*`: sign in, refresh, sign out, who am I. Parse, call the service, return.
+
+The handlers are plain `def`: argon2 and the database are blocking, so FastAPI runs them
+in its worker threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Response, status
+
+from vectorsvc.accounts import service
+from vectorsvc.accounts.schemas import Me, Refresh, SignIn, TokenPair, UserPublic, WorkspacePublic
+from vectorsvc.auth.dependencies import Caller, CurrentCaller
+from vectorsvc.errors import Forbidden
+from vectorsvc.state import StateDep
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    caller: Caller
+    access_token: str
+
+
+def require_signed_in(
+    caller: CurrentCaller, authorization: Annotated[str | None, Header()] = None
+) -> SignedIn:
+    """A caller authenticated by an access token (API keys have no session to end)."""
+    if caller.via != "access_token" or authorization is None:
+        raise Forbidden(
+            "this endpoint is for signed-in browser sessions (Authorization: Bearer "
+            "<access_token>); an API key has no session",
+            code="browser_session_required",
+        )
+    return SignedIn(caller=caller, access_token=authorization.strip().partition(" ")[2].strip())
+
+
+SignedInDep = Annotated[SignedIn, Depends(require_signed_in)]
+
+
+def _token_pair(issued: service.IssuedTokens, response: Response) -> TokenPair:
+    # Token responses must not be cached by the browser or a proxy (RFC 6749 §5.1).
+    response.headers["Cache-Control"] = "no-store"
+    return TokenPair(
+        access_token=issued.access_token,
+        expires_in=issued.expires_in,
+        refresh_token=issued.refresh_token,
+        user=UserPublic(id=issued.user.id, email=issued.user.email),
+        workspace=WorkspacePublic(id=issued.workspace.id, name=issued.workspace.name),
+    )
+
+
+@router.post("/sign-in", response_model=TokenPair, summary="Sign in with email and password")
+def sign_in(body: SignIn, state: StateDep, response: Response) -> TokenPair:
+    with state.db.session() as session:
+        issued = service.sign_in(
+            session,
+            email=body.email,
+            password=body.password,
+            workspace=body.workspace,
+            lifetimes=service.TokenLifetimes.from_settings(state.settings),
+        )
+    return _token_pair(issued, response)
+
+
+@router.post("/refresh", response_model=TokenPair, summary="Trade a refresh token for new tokens")
+def refresh(body: Refresh, state: StateDep, response: Response) -> TokenPair:
+    issued = service.refresh_session(
+        state.db,
+        refresh_token=body.refresh_token,
+        lifetimes=service.TokenLifetimes.from_settings(state.settings),
+    )
+    return _token_pair(issued, response)
+
+
+@router.post(
+    "/sign-out",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="End this session: its access and refresh tokens stop working",
+)
+def sign_out(signed_in: SignedInDep, state: StateDep) -> Response:
+    with state.db.session() as session:
+        service.sign_out(session, access_token=signed_in.access_token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/me", response_model=Me, summary="The signed-in user and workspace")
+def me(signed_in: SignedInDep, state: StateDep) -> Me:
+    caller = signed_in.caller
+    with state.db.session() as session:
+        user = service.get_user(session, user_id=caller.principal_id)
+        return Me(
+            user=UserPublic(id=user.id, email=user.email),
+            workspace=WorkspacePublic(id=caller.workspace_id, name=caller.workspace_name),
+        )
