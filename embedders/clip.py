@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedders.base import Embedder, Embeddings, MissingDependency, Modality, l2_normalise
+from embedders.base import (
+    Embedder,
+    Embeddings,
+    MissingDependency,
+    Modality,
+    WeightsUnavailable,
+    l2_normalise,
+)
 from embedders.sentence_transformer import load_sentence_transformer
 
 if TYPE_CHECKING:
@@ -56,6 +63,34 @@ def how_to_install(models_dir: str | None) -> str:
     return (
         f"Download {CLIP_HUB_ID} into {target} "
         f"(e.g. `hf download {CLIP_HUB_ID} --local-dir {target}`), or allow hub downloads"
+    )
+
+
+def check_weights(config: ClipConfig) -> None:
+    """Raise `WeightsUnavailable` unless the weights are on disk or may be downloaded.
+
+    Cheap (file checks only), so a model list can say whether CLIP is usable before anyone
+    pays for loading it.
+    """
+    if config.model is not None and Path(config.model).is_dir():
+        return
+    local = Path(config.models_dir) / CLIP_NAME if config.models_dir else None
+    if config.model is None and local is not None and local.is_dir():
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(config.model or CLIP_HUB_ID, "config.json")
+    except Exception:  # noqa: BLE001 - a broken cache only means "not cached"
+        cached = None
+    if isinstance(cached, str) or config.allow_download:
+        return
+    where = f"{config.models_dir}/{CLIP_NAME}" if config.models_dir else "no models_dir"
+    raise WeightsUnavailable(
+        CLIP_NAME,
+        f"the CLIP weights are not installed ({where} is absent, the hub cache has no copy, "
+        "and downloads are off)",
+        how_to_install(config.models_dir),
     )
 
 

@@ -158,3 +158,27 @@ def validate_config(kind: EmbedderKind | str, **config: object) -> None:
     backend = _BACKENDS[parsed]
     module = importlib.import_module(backend.module)
     build_config(getattr(module, backend.config_class), config, kind=parsed.value)
+
+
+def config_keys(kind: EmbedderKind | str) -> frozenset[str]:
+    """The config keys `kind` accepts (imports its backend module, loads no weights)."""
+    parsed = EmbedderKind.parse(kind)
+    backend = _BACKENDS[parsed]
+    module = importlib.import_module(backend.module)
+    return frozenset(
+        field.name for field in dataclasses.fields(getattr(module, backend.config_class))
+    )
+
+
+def check_weights(kind: EmbedderKind | str, **config: object) -> None:
+    """Raise `WeightsUnavailable` when `kind` could not find its weights, without loading them.
+
+    Backends whose weights ship in an installed package have nothing to check; a backend with
+    a module-level `check_weights(config)` is asked.
+    """
+    parsed = EmbedderKind.parse(kind)
+    backend = _BACKENDS[parsed]
+    module = importlib.import_module(backend.module)
+    checker = getattr(module, "check_weights", None)
+    if checker is not None:
+        checker(build_config(getattr(module, backend.config_class), config, kind=parsed.value))

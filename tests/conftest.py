@@ -4,6 +4,7 @@ through httpx with its lifespan running."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -42,6 +44,29 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Image.Image]:
+    """Real photos that scikit-image ships in its wheel (no download)."""
+    data = pytest.importorskip("skimage.data", reason="scikit-image is a test dependency")
+    return {name: Image.fromarray(getattr(data, name)()) for name in PHOTO_NAMES}
+
+
+@pytest.fixture(scope="session")
+def random_clip_folder(models_dir: Path) -> Iterator[Path]:
+    """A randomly initialised CLIP ViT-B/32 from its real configuration (~600 MB, built once)
+    in the session's models dir, where the service looks for `clip-vit-b-32`. Tests that use
+    it test plumbing, not relevance."""
+    from embedders.clip import build_random_clip_folder
+
+    folder = build_random_clip_folder(models_dir / "clip-vit-b-32")
+    yield folder
+    # pytest keeps the last few temp dirs; 600 MB is worth giving back at once.
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def embedder_loader(
     embedder_cache: dict[str, Embedder], models_dir: Path
@@ -63,6 +88,8 @@ def make_settings(data_dir: Path, models_dir: Path, **overrides: Any) -> Setting
         "models_dir": models_dir,
         "create_dev_workspace": False,
         "preload_models": "",
+        # Wallets open with plenty, so tests that are not about billing never hit 402.
+        "default_workspace_credits": 1_000_000,
     }
     values.update(overrides)
     return Settings(**values)

@@ -16,7 +16,7 @@ from vectorsvc.billing.endpoints import router as billing_router
 from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.embedding import EmbedderLoader, EmbeddingService, default_loader
+from vectorsvc.embedding import EmbedderLoader, EmbedderSettings, EmbeddingService
 from vectorsvc.errors import install_error_handlers
 from vectorsvc.health import router as health_router
 from vectorsvc.knowledge_bases.endpoints import router as knowledge_bases_router
@@ -47,12 +47,17 @@ def build_state(
         qdrant_url=settings.qdrant_url,
         qdrant_api_key=settings.qdrant_api_key,
     )
+    embedder_settings = EmbedderSettings(
+        models_dir=str(settings.resolved_models_dir),
+        batch_size=settings.embed_batch_size,
+        allow_downloads=settings.allow_model_downloads,
+    )
     embeddings = EmbeddingService(
         registry,
-        loader=loader
-        or default_loader(str(settings.resolved_models_dir), settings.embed_batch_size),
+        loader=loader or embedder_settings.load,
         batch_wait_ms=settings.batch_wait_ms,
         on_batch=metrics.observe_batch if metrics else None,
+        weights_check=embedder_settings.check,
     )
     return AppState(
         settings=settings,

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         default=None, description="Local model weights; default <data_dir>/models"
     )
+    # Off by default: a service should not fetch gigabytes at request time. Turn on (or use
+    # `vectorsvc models download SLUG`) where the model hub is reachable.
+    allow_model_downloads: bool = False
 
     # Which models to load at start-up (comma separated slugs); others load on first use.
     preload_models: str = "all-minilm-l6-v2"

@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
 import numpy as np
 
-from embedders.base import Embedder, Embeddings, WeightsUnavailable
-from embedders.factory import create_embedder
+from embedders.base import Embedder, Embeddings, MissingDependency, WeightsUnavailable
+from embedders.factory import check_weights, config_keys, create_embedder
 from vectorsvc.errors import Unavailable
 from vectorsvc.models.registry import ModelRegistry, ModelSpec
 
@@ -32,16 +33,36 @@ EmbedderLoader = Callable[[ModelSpec], Embedder]
 BatchObserver = Callable[[str, str, int, float], None]
 
 
+WeightsCheck = Callable[[ModelSpec], None]
+
+
+@dataclass(frozen=True)
+class EmbedderSettings:
+    """What the platform adds to a registry entry's embedder config."""
+
+    models_dir: str
+    batch_size: int = 64
+    allow_downloads: bool = False
+
+    def config_for(self, spec: ModelSpec) -> dict[str, Any]:
+        config = dict(spec.embedder.config)
+        keys = config_keys(spec.embedder.kind)
+        config.setdefault("batch_size", self.batch_size)
+        config.setdefault("models_dir", self.models_dir)
+        if "allow_download" in keys:
+            config.setdefault("allow_download", self.allow_downloads)
+        return config
+
+    def load(self, spec: ModelSpec) -> Embedder:
+        return create_embedder(spec.embedder.kind, **self.config_for(spec))
+
+    def check(self, spec: ModelSpec) -> None:
+        check_weights(spec.embedder.kind, **self.config_for(spec))
+
+
 def default_loader(models_dir: str, batch_size: int) -> EmbedderLoader:
     """Build an embedder from the registry entry: `embedder.kind` with its config."""
-
-    def load(spec: ModelSpec) -> Embedder:
-        config = dict(spec.embedder.config)
-        config.setdefault("batch_size", batch_size)
-        config.setdefault("models_dir", models_dir)
-        return create_embedder(spec.embedder.kind, **config)
-
-    return load
+    return EmbedderSettings(models_dir=models_dir, batch_size=batch_size).load
 
 
 @dataclass
@@ -87,6 +108,9 @@ class ModelRuntime:
                 except WeightsUnavailable as exc:
                     self.unavailable = exc
                     raise
+                except MissingDependency as exc:
+                    self.unavailable = WeightsUnavailable(self.spec.slug, str(exc), exc.pip_install)
+                    raise self.unavailable from exc
                 logger.info(
                     "loaded model %s in %.1fs: %s",
                     self.spec.slug,
@@ -131,8 +155,10 @@ class EmbeddingService:
         batch_wait_ms: float = 1.0,
         max_batch_items: int = 256,
         on_batch: BatchObserver | None = None,
+        weights_check: WeightsCheck | None = None,
     ) -> None:
         self._on_batch = on_batch
+        self._weights_check = weights_check
         self._registry = registry
         self._runtimes: dict[str, ModelRuntime] = {}
         self._lanes: dict[tuple[str, InputKind], _Lane] = {}
@@ -162,8 +188,12 @@ class EmbeddingService:
         if not inputs:
             return np.zeros((0, spec.dimension), dtype=np.float32)
         runtime = self.runtime(spec)
-        if runtime.unavailable is not None:
-            raise _unavailable(spec, runtime.unavailable)
+        if not runtime.loaded:
+            # Cheap file checks first: a missing model answers 503 at once instead of
+            # trying (and timing out on) a download.
+            missing = await anyio.to_thread.run_sync(self.availability, spec)
+            if missing is not None:
+                raise _unavailable(spec, missing)
         # Large requests are a batch on their own; small ones coalesce in a lane.
         try:
             if len(inputs) >= self._max_batch_items:
@@ -227,8 +257,19 @@ class EmbeddingService:
         return {s: BatchStats(calls=r.calls, items=r.items) for s, r in self._runtimes.items()}
 
     def availability(self, spec: ModelSpec) -> WeightsUnavailable | None:
+        """Why `spec` cannot run here, or None; never loads weights (file checks only)."""
         runtime = self._runtimes.get(spec.slug)
-        return runtime.unavailable if runtime else None
+        if runtime is not None and runtime.unavailable is not None:
+            return runtime.unavailable
+        if (runtime is not None and runtime.loaded) or self._weights_check is None:
+            return None
+        try:
+            self._weights_check(spec)
+        except WeightsUnavailable as exc:
+            return exc
+        except MissingDependency as exc:
+            return WeightsUnavailable(spec.slug, str(exc), exc.pip_install)
+        return None
 
     async def aclose(self) -> None:
         for lane in self._lanes.values():
