@@ -27,6 +27,7 @@ from vectorsvc.media.service import MediaService
 from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.observability import Metrics, ObservabilityMiddleware
 from vectorsvc.runs.endpoints import router as runs_router
+from vectorsvc.runs.writes import WorkspaceLocks
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore import open_vector_store
 from vectorsvc.web import install_web
@@ -69,6 +70,7 @@ def build_state(
         collections=CollectionManager(store),
         media=MediaService.from_settings(settings, db),
         rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+        write_locks=WorkspaceLocks(),
     )
 
 

@@ -33,6 +33,8 @@ TEXT_FIELD = "text"
 METADATA_FIELD = "metadata"
 INDEXED_AT_FIELD = "indexed_at"
 MEDIA_REF_FIELD = "media_ref"
+CONTENT_HASH_FIELD = "_hash"  # sha256 of model release, content and metadata (dedupe)
+RUN_FIELD = "_run"  # the run that wrote the point (exact resume of background runs)
 
 # Fixed namespace for uuid5 point ids: stable across releases of this service.
 _POINT_ID_NAMESPACE = uuid.UUID("6f1c8e52-3a0b-4f4e-9d7e-8d7c2b1a9e01")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -17,6 +17,9 @@ from vectorsvc.media.service import MediaService
 from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.vectorstore.base import VectorStore
 
+if TYPE_CHECKING:
+    from vectorsvc.runs.writes import WorkspaceLocks
+
 
 @dataclass
 class AppState:
@@ -29,6 +32,7 @@ class AppState:
     collections: CollectionManager
     media: MediaService
     rate_limiter: RateLimiter
+    write_locks: WorkspaceLocks
 
 
 def get_state(request: Request) -> AppState:

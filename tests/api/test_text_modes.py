@@ -84,7 +84,13 @@ async def test_execute_returns_normalised_embeddings(service: Service, api_key: 
 async def test_search_ranks_the_relevant_document_first(service: Service, api_key: str) -> None:
     out = await index(service, api_key, "kb", items())
     assert out["ids"] == [d[0] for d in DOCS]
-    assert out["counts"] == {"received": 5, "indexed": 5, "created": 5, "updated": 0}
+    assert out["counts"] == {
+        "received": 5,
+        "indexed": 5,
+        "created": 5,
+        "updated": 0,
+        "skipped": 0,
+    }
     assert out["collection"] == "vs__all-minilm-l6-v2__r1"
     cases = {
         "which database stores vectors for nearest neighbour search?": "qdrant",
@@ -214,3 +220,40 @@ async def test_data_survives_closing_and_reopening(
         hits = await search(svc, key, "kb", "vector database for embeddings", top_k=10)
         assert len(hits) == len(DOCS)
         assert hits[0]["id"] == "qdrant"
+
+
+async def test_unchanged_items_are_skipped_and_changed_ones_re_embedded(
+    service: Service, api_key: str
+) -> None:
+    first = await service.run(
+        api_key, {"model": MODEL, "mode": "index", "scope": "kb", "input": {"items": items()}}
+    )
+    assert first.json()["usage"]["items"] == 5
+    again = await service.run(
+        api_key, {"model": MODEL, "mode": "index", "scope": "kb", "input": {"items": items()}}
+    )
+    body = again.json()
+    assert body["output"]["counts"]["skipped"] == 5
+    assert body["output"]["counts"]["indexed"] == 0
+    assert body["usage"] == {"items": 0, "queries": 0, "skipped": 5, "cost": "0"}
+    changed = items()
+    changed[0]["metadata"]["topic"] = "pets"  # metadata counts as content
+    changed[1]["text"] = "Rust has no garbage collector."
+    third = (
+        await service.run(
+            api_key, {"model": MODEL, "mode": "index", "scope": "kb", "input": {"items": changed}}
+        )
+    ).json()
+    assert third["output"]["counts"]["skipped"] == 3
+    assert third["output"]["counts"]["indexed"] == 2
+    assert third["output"]["counts"]["updated"] == 2
+    hits = await search(service, api_key, "kb", "garbage collection", top_k=1)
+    assert hits[0]["id"] == "rust"
+    assert hits[0]["text"] == "Rust has no garbage collector."
+    pets = await search(service, api_key, "kb", "x", top_k=5, filter={"topic": "pets"})
+    assert [h["id"] for h in pets] == ["cats"]
+    # The same content in another scope is a different namespace: not skipped there.
+    other = await service.run(
+        api_key, {"model": MODEL, "mode": "index", "scope": "kb2", "input": {"items": items()}}
+    )
+    assert other.json()["output"]["counts"]["skipped"] == 0

@@ -45,8 +45,10 @@ class RunOptions(BaseModel):
 
 
 class RunUsage(BaseModel):
-    items: int = 0
-    queries: int = 0
+    items: int = Field(default=0, description="Items embedded and stored or returned.")
+    queries: int = Field(default=0, description="Queries served.")
+    skipped: int = Field(default=0, description="Unchanged items not embedded (not billed).")
+    cost: str = Field(default="0", description="Credits charged, as an exact decimal string.")
 
 
 class RunResponse(BaseModel):

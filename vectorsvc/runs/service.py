@@ -1,14 +1,14 @@
 """Executing runs: one function per mode, keyword-only, no HTTP in here.
 
-The data path: registry (model spec) -> embedder (vectors, via `content`) -> namespaces
-(collection, tenant key, point ids) -> vector store, and the catalog after each write.
+The data path: registry (model spec and contract) -> embedder (vectors, via `content`) ->
+namespaces (collection, tenant key, point ids) -> vector store, then the catalog and the
+wallet (`writes`).
 """
 
 from __future__ import annotations
 
-import json
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -20,15 +20,27 @@ from vectorsvc import namespaces
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.knowledge_bases import catalog
 from vectorsvc.knowledge_bases.service import thumbnail_url
+from vectorsvc.models.contracts import validate_run_contract
+from vectorsvc.models.pricing import Usage, format_credits
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.namespaces import Namespace
-from vectorsvc.runs.content import Content, ImageContent, TextContent, embed_contents
+from vectorsvc.runs.content import (
+    Content,
+    ImageContent,
+    Prepared,
+    TextContent,
+    content_hash,
+    embed_contents,
+    embed_prepared,
+    prepare,
+)
 from vectorsvc.runs.inputs import (
     DeleteInput,
     DeleteParams,
     ExecuteInput,
     ExecuteParams,
     IndexInput,
+    IndexItem,
     IndexParams,
     SearchInput,
     SearchParams,
@@ -36,6 +48,13 @@ from vectorsvc.runs.inputs import (
     validate_part,
 )
 from vectorsvc.runs.schemas import RunRequest, RunResponse, RunUsage
+from vectorsvc.runs.writes import (
+    charge_run,
+    point_payload,
+    precheck_funds,
+    stored_points,
+    write_and_charge,
+)
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord, ScoredPoint, Vector
 
@@ -53,6 +72,7 @@ class RunContext:
     workspace_id: str
     namespace: Namespace | None
     request: RunRequest
+    run_id: str
 
     @property
     def ns(self) -> Namespace:
@@ -60,19 +80,49 @@ class RunContext:
         return self.namespace
 
 
-async def execute_run(state: AppState, *, workspace_id: str, request: RunRequest) -> RunResponse:
+def run_context(
+    state: AppState, *, workspace_id: str, request: RunRequest, run_id: str | None = None
+) -> RunContext:
+    """Resolve the model, check the mode and the model's contract, build the namespace."""
     model = state.registry.get(request.model)
     model.require_mode(request.mode)
+    check_input_modalities(model, request.input)
+    validate_run_contract(model, request.mode, request.input, request.params)
     namespace = (
         namespaces.resolve(workspace_id=workspace_id, model=model, scope=request.scope)
         if request.scope is not None
         else None
     )
-    ctx = RunContext(state, model, workspace_id, namespace, request)
+    return RunContext(state, model, workspace_id, namespace, request, run_id or new_run_id())
+
+
+_MODALITY_KEYS = {"text": "text", "texts": "text", "image": "image", "images": "image"}
+
+
+def check_input_modalities(model: ModelSpec, data: dict[str, Any]) -> None:
+    """A clear 422 `modality_not_supported` before the contract's "field required" would."""
+    places: list[tuple[str, dict[str, Any]]] = [("input", data)]
+    items = data.get("items")
+    if isinstance(items, list):
+        places += [(f"input.items[{i}]", it) for i, it in enumerate(items) if isinstance(it, dict)]
+    for prefix, obj in places:
+        for key, modality in _MODALITY_KEYS.items():
+            if key in obj and modality not in model.modalities:
+                raise ValidationFailed(
+                    f"{prefix}.{key}: model {model.slug!r} does not take {modality} inputs; "
+                    f"it takes {', '.join(model.modalities)}",
+                    field=f"{prefix}.{key}",
+                    code="modality_not_supported",
+                    details={"allowed": list(model.modalities)},
+                )
+
+
+async def execute_run(state: AppState, *, workspace_id: str, request: RunRequest) -> RunResponse:
+    ctx = run_context(state, workspace_id=workspace_id, request=request)
     output, usage = await _HANDLERS[request.mode](ctx)
     return RunResponse(
-        id=new_run_id(),
-        model=model.slug,
+        id=ctx.run_id,
+        model=ctx.model.slug,
         mode=request.mode,
         scope=request.scope,
         status="succeeded",
@@ -83,6 +133,45 @@ async def execute_run(state: AppState, *, workspace_id: str, request: RunRequest
 
 def _media(value: Any) -> str:
     return str(value.media_ref)
+
+
+def _check_count(ctx: RunContext, count: int, field: str) -> None:
+    limit = ctx.state.settings.max_items_per_run
+    if count > limit:
+        raise ValidationFailed(
+            f"{field}: at most {limit} items per run (got {count}); split the work into "
+            "several runs or ask for a background run (options.background)",
+            field=field,
+            code="too_many_items",
+        )
+
+
+async def _precheck(ctx: RunContext, usage: Usage) -> None:
+    await anyio.to_thread.run_sync(
+        partial(
+            precheck_funds,
+            ctx.state,
+            workspace_id=ctx.workspace_id,
+            model=ctx.model,
+            mode=ctx.request.mode,
+            usage=usage,
+        )
+    )
+
+
+async def _charge(ctx: RunContext, usage: Usage) -> str:
+    cost = await anyio.to_thread.run_sync(
+        partial(
+            charge_run,
+            ctx.state,
+            workspace_id=ctx.workspace_id,
+            run_key=ctx.run_id,
+            model=ctx.model,
+            mode=ctx.request.mode,
+            usage=usage,
+        )
+    )
+    return format_credits(cost)
 
 
 async def _execute(ctx: RunContext) -> Output:
@@ -99,6 +188,8 @@ async def _execute(ctx: RunContext) -> Output:
         images = data.images or []
         contents = [ImageContent(_media(m), f"input.images[{i}]") for i, m in enumerate(images)]
     _check_count(ctx, len(contents), "input")
+    usage = Usage(items=len(contents))
+    await _precheck(ctx, usage)
     vectors = await embed_contents(
         ctx.state,
         model=ctx.model,
@@ -106,25 +197,94 @@ async def _execute(ctx: RunContext) -> Output:
         contents=contents,
         purpose="document",
     )
+    cost = await _charge(ctx, usage)
     return (
         {"embeddings": vectors.tolist(), "dimension": ctx.model.dimension},
-        RunUsage(items=len(contents)),
+        RunUsage(items=len(contents), cost=cost),
     )
 
 
-def _check_count(ctx: RunContext, count: int, field: str) -> None:
-    limit = ctx.state.settings.max_items_per_run
-    if count > limit:
-        raise ValidationFailed(
-            f"{field}: at most {limit} items per run (got {count}); split the work into "
-            "several runs",
-            field=field,
-            code="too_many_items",
+def item_contents(items: Sequence[IndexItem], *, offset: int = 0) -> list[Content]:
+    return [
+        TextContent(item.text, f"input.items[{offset + i}].text")
+        if item.text is not None
+        else ImageContent(_media(item.image), f"input.items[{offset + i}].image")
+        for i, item in enumerate(items)
+    ]
+
+
+def modality_of(items: Sequence[IndexItem]) -> str:
+    kinds = {"text" if item.text is not None else "image" for item in items}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """Which items of a batch to embed, which are unchanged, which a resumed run wrote."""
+
+    hashes: list[str]
+    to_embed: list[int]
+    skipped: list[int]
+    already_written: list[int]  # stored by this same run before a restart: bill, don't embed
+
+
+def plan_index(
+    state: AppState,
+    model: ModelSpec,
+    ns: Namespace,
+    items: Sequence[IndexItem],
+    prepared: Prepared,
+    run_id: str,
+    candidates: Sequence[int],
+) -> IndexPlan:
+    """Content-hash dedupe against what the namespace holds (blocking)."""
+    hashes = [
+        content_hash(model, prepared.fingerprint(i), item.metadata) for i, item in enumerate(items)
+    ]
+    stored = stored_points(state, ns, [ns.point_id(items[i].id) for i in candidates])
+    to_embed: list[int] = []
+    skipped: list[int] = []
+    already: list[int] = []
+    for i in candidates:
+        existing = stored.get(ns.point_id(items[i].id))
+        if existing is not None and existing.content_hash == hashes[i]:
+            (already if existing.run_id == run_id else skipped).append(i)
+        else:
+            to_embed.append(i)
+    return IndexPlan(hashes=hashes, to_embed=to_embed, skipped=skipped, already_written=already)
+
+
+def build_points(
+    ns: Namespace,
+    items: Sequence[IndexItem],
+    plan: IndexPlan,
+    indexes: Sequence[int],
+    vectors: Any,
+    run_id: str,
+) -> list[PointRecord]:
+    now = datetime.now(UTC).isoformat()
+    return [
+        PointRecord(
+            id=ns.point_id(items[i].id),
+            vector=vectors[row],
+            payload=point_payload(
+                ns,
+                item_id=items[i].id,
+                text=items[i].text,
+                media_ref=_media(items[i].image) if items[i].image is not None else None,
+                metadata=items[i].metadata,
+                content_hash=plan.hashes[i],
+                run_id=run_id,
+                indexed_at=now,
+            ),
         )
+        for row, i in enumerate(indexes)
+    ]
 
 
 async def _index(ctx: RunContext) -> Output:
     ns = ctx.ns
+    state = ctx.state
     validate_part(IndexParams, ctx.request.params, prefix="params")
     items = validate_part(IndexInput, ctx.request.input, prefix="input").items
     _check_count(ctx, len(items), "input.items")
@@ -137,40 +297,27 @@ async def _index(ctx: RunContext) -> Output:
                 code="duplicate_id",
             )
         seen.add(item.id)
-    contents: list[Content] = [
-        TextContent(item.text, f"input.items[{i}].text")
-        if item.text is not None
-        else ImageContent(_media(item.image), f"input.items[{i}].image")
-        for i, item in enumerate(items)
-    ]
-    vectors = await embed_contents(
-        ctx.state,
-        model=ctx.model,
-        workspace_id=ctx.workspace_id,
-        contents=contents,
-        purpose="document",
+    await _precheck(ctx, Usage(items=len(items)))
+    prepared = await prepare(
+        state, model=ctx.model, workspace_id=ctx.workspace_id, contents=item_contents(items)
     )
-    now = datetime.now(UTC).isoformat()
-    points = []
-    for i, item in enumerate(items):
-        payload: dict[str, Any] = {
-            namespaces.TENANT_FIELD: ns.tenant_key,
-            namespaces.WORKSPACE_FIELD: ns.workspace_id,
-            namespaces.SCOPE_FIELD: ns.scope,
-            namespaces.ID_FIELD: item.id,
-            namespaces.METADATA_FIELD: item.metadata,
-            namespaces.INDEXED_AT_FIELD: now,
-        }
-        if item.text is not None:
-            payload[namespaces.TEXT_FIELD] = item.text
-        else:
-            payload[namespaces.MEDIA_REF_FIELD] = _media(item.image)
-        points.append(PointRecord(id=ns.point_id(item.id), vector=vectors[i], payload=payload))
-    modality = "text" if all(item.text is not None for item in items) else "image"
-    if modality == "image" and any(item.text is not None for item in items):
-        modality = "mixed"
-    created = await anyio.to_thread.run_sync(
-        partial(write_points, ctx.state, ctx.model, ns, points, modality=modality)
+    plan = await anyio.to_thread.run_sync(
+        partial(plan_index, state, ctx.model, ns, items, prepared, ctx.run_id, range(len(items)))
+    )
+    vectors, failures = await embed_prepared(
+        state, model=ctx.model, prepared=prepared, indexes=plan.to_embed, purpose="document"
+    )
+    if failures:
+        raise failures[min(failures)]
+    points = build_points(ns, items, plan, plan.to_embed, vectors, ctx.run_id)
+    result = await write_and_charge(
+        state,
+        model=ctx.model,
+        ns=ns,
+        points=points,
+        modality=modality_of(items),
+        run_key=ctx.run_id,
+        billable=len(points),
     )
     return (
         {
@@ -178,36 +325,15 @@ async def _index(ctx: RunContext) -> Output:
             "counts": {
                 "received": len(items),
                 "indexed": len(points),
-                "created": created,
-                "updated": len(points) - created,
+                "created": result.created,
+                "updated": len(points) - result.created,
+                "skipped": len(plan.skipped),
             },
             "collection": ns.collection,
             "scope": ns.scope,
         },
-        RunUsage(items=len(items)),
+        RunUsage(items=len(points), skipped=len(plan.skipped), cost=format_credits(result.cost)),
     )
-
-
-def write_points(
-    state: AppState, model: ModelSpec, ns: Namespace, points: list[PointRecord], *, modality: str
-) -> int:
-    """Upsert, update the catalog, and return how many of the points are new (blocking)."""
-    state.collections.ensure(model)
-    existing = state.store.count(
-        ns.collection, filter=ns.tenant_filter.and_(HasIds(tuple(p.id for p in points)))
-    )
-    state.store.upsert(ns.collection, points)
-    total = state.store.count(ns.collection, filter=ns.tenant_filter)
-    created = len(points) - existing
-    catalog.record_write(
-        state.db,
-        ns=ns,
-        modality=modality,
-        point_count=total,
-        written=created,
-        written_payload_bytes=sum(len(json.dumps(p.payload)) for p in points[:created]),
-    )
-    return created
 
 
 async def _search(ctx: RunContext) -> Output:
@@ -229,6 +355,8 @@ async def _search(ctx: RunContext) -> Output:
         if data.text is not None
         else ImageContent(_media(data.image), "input.image")
     )
+    usage = Usage(queries=1)
+    await _precheck(ctx, usage)
     vector = (
         await embed_contents(
             ctx.state,
@@ -241,6 +369,7 @@ async def _search(ctx: RunContext) -> Output:
     hits = await anyio.to_thread.run_sync(
         partial(_query, ctx.state, ctx.model, ns, vector, flt, params.top_k)
     )
+    cost = await _charge(ctx, usage)
     return (
         {
             "hits": [
@@ -249,7 +378,7 @@ async def _search(ctx: RunContext) -> Output:
                 if params.score_threshold is None or hit.score >= params.score_threshold
             ]
         },
-        RunUsage(queries=1),
+        RunUsage(queries=1, cost=cost),
     )
 
 
@@ -310,7 +439,8 @@ async def _delete(ctx: RunContext) -> Output:
         return deleted
 
     deleted = await anyio.to_thread.run_sync(_run)
-    return {"deleted": deleted, "scope": ns.scope}, RunUsage()
+    cost = await _charge(ctx, Usage(items=deleted))
+    return {"deleted": deleted, "scope": ns.scope}, RunUsage(items=deleted, cost=cost)
 
 
 _HANDLERS: dict[str, Callable[[RunContext], Awaitable[Output]]] = {
