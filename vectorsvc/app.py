@@ -26,6 +26,7 @@ from vectorsvc.media.endpoints import router as media_router
 from vectorsvc.media.service import MediaService
 from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.observability import Metrics, ObservabilityMiddleware
+from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.endpoints import router as runs_router
 from vectorsvc.runs.writes import WorkspaceLocks
 from vectorsvc.state import AppState
@@ -85,11 +86,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await anyio.to_thread.run_sync(build_state, settings, embedder_loader, metrics)
         app.state.vectorsvc = state
+        app.state.background_runs = BackgroundRuns(state)
         await anyio.to_thread.run_sync(state.embeddings.preload, settings.preload_model_slugs)
         logger.info("vectorsvc ready: store=%s", state.store.backend_name)
+        app.state.background_runs.start()
         try:
             yield
         finally:
+            await app.state.background_runs.stop()
             await state.embeddings.aclose()
             await anyio.to_thread.run_sync(state.store.close)
             state.db.close()

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import JSON, Boolean
 
 
 def utcnow() -> datetime:
@@ -145,3 +156,90 @@ class CatalogEntry(Base):
     avg_payload_bytes: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_write_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Wallet(Base):
+    """A workspace's credits in integer micro-credits (1 credit = 1,000,000): exact sums, and
+    a CHECK that the balance never goes below zero, whatever the code above it does."""
+
+    __tablename__ = "wallets"
+    __table_args__ = (CheckConstraint("balance >= 0", name="ck_wallets_balance_not_negative"),)
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    balance: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UsageRecord(Base):
+    """What one run consumed and cost; one per run (`run_id` unique makes charging idempotent).
+    The unit price is copied from the registry so later price changes keep history exact."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_records_workspace_created", "workspace_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    run_id: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(100))
+    mode: Mapped[str] = mapped_column(String(16))
+    items: Mapped[int] = mapped_column(BigInteger, default=0)
+    queries: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(Integer, default=1)
+    unit: Mapped[str] = mapped_column(String(16))
+    unit_price: Mapped[int] = mapped_column(BigInteger)  # micro-credits per unit
+    cost: Mapped[int] = mapped_column(BigInteger)  # micro-credits
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LedgerEntry(Base):
+    """Every change of a wallet's balance: grants, top-ups (+) and run debits (-), each with
+    the balance it left, so the balance is always the sum of its entries."""
+
+    __tablename__ = "wallet_ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # grant, topup, debit
+    amount: Mapped[int] = mapped_column(BigInteger)  # signed micro-credits
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # debits only
+    note: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BackgroundRun(Base):
+    """A background index run: its progress survives restarts (it resumes at `next_index`).
+
+    The items themselves wait in a JSON file under `<data dir>/runs/` until the run ends.
+    """
+
+    __tablename__ = "background_runs"
+    __table_args__ = (Index("ix_background_runs_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    model: Mapped[str] = mapped_column(String(100))
+    mode: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # queued running succeeded failed cancelled
+    total: Mapped[int] = mapped_column(Integer)
+    next_index: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    error: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    cost: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-credits charged so far
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    embed_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    write_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,15 +1,24 @@
-"""`POST /api/runs`: parse, call the service, return."""
+"""`/api/runs`: parse, call the service, return."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ServiceError
-from vectorsvc.runs.schemas import RunRequest, RunResponse, parse_run_request
+from vectorsvc.runs.background import BackgroundRuns
+from vectorsvc.runs.schemas import (
+    RunRequest,
+    RunResponse,
+    RunState,
+    RunStatusesPublic,
+    RunStatusPublic,
+    parse_run_request,
+)
 from vectorsvc.runs.service import execute_run
 from vectorsvc.state import StateDep
 
@@ -23,11 +32,19 @@ _EXAMPLE = {
     "params": {"top_k": 5},
 }
 
+RunIdPath = Annotated[str, Path(description="The run id", max_length=40)]
+
+
+def background_runs(request: Request) -> BackgroundRuns:
+    runs: BackgroundRuns = request.app.state.background_runs
+    return runs
+
 
 @router.post(
     "/runs",
     response_model=RunResponse,
     summary="Execute a model (execute, index, search, delete)",
+    responses={202: {"model": RunStatusPublic, "description": "Background run accepted"}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -45,9 +62,18 @@ async def create_run(
     caller: CurrentCaller,
     state: StateDep,
     body: Annotated[Any, Body(include_in_schema=False)] = None,
-) -> RunResponse:
+) -> RunResponse | JSONResponse:
     request = parse_run_request(body)
     http_request.state.run_mode = request.mode  # a metrics label (closed set, checked there)
+    if request.options.get("background"):
+        accepted = await background_runs(http_request).submit(
+            workspace_id=caller.workspace_id, request=request
+        )
+        return JSONResponse(
+            status_code=202,
+            content=accepted.model_dump(mode="json"),
+            headers={"Location": f"/api/runs/{accepted.id}"},
+        )
     timeout = request.options.get("timeout_s")
     if timeout is None:
         return await execute_run(state, workspace_id=caller.workspace_id, request=request)
@@ -61,3 +87,30 @@ async def create_run(
             status=504,
             field="options.timeout_s",
         ) from None
+
+
+@router.get("/runs", response_model=RunStatusesPublic, summary="Background runs, newest first")
+def list_runs(
+    request: Request,
+    caller: CurrentCaller,
+    status: RunState | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> RunStatusesPublic:
+    runs = background_runs(request).list(
+        workspace_id=caller.workspace_id, status=status, limit=limit
+    )
+    return RunStatusesPublic(data=runs, count=len(runs))
+
+
+@router.get("/runs/{run_id}", response_model=RunStatusPublic, summary="A background run")
+def get_run(request: Request, caller: CurrentCaller, run_id: RunIdPath) -> RunStatusPublic:
+    return background_runs(request).get(workspace_id=caller.workspace_id, run_id=run_id)
+
+
+@router.post(
+    "/runs/{run_id}/cancel", response_model=RunStatusPublic, summary="Cancel a background run"
+)
+def cancel_run(
+    request: Request, caller: CurrentCaller, run_id: RunIdPath, response: Response
+) -> RunStatusPublic:
+    return background_runs(request).cancel(workspace_id=caller.workspace_id, run_id=run_id)

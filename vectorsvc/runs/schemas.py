@@ -6,9 +6,10 @@ its own stable error code, then builds a typed `RunRequest`.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.models.registry import VECTOR_MODES
@@ -19,6 +20,8 @@ ROUTING_FIELDS = ("resources", "alias", "collection", "namespace")
 # Execution options a client may send. `hardware_tier` is never one: the platform resolves it.
 ALLOWED_OPTIONS: dict[str, str] = {
     "timeout_s": "number of seconds (0 < t <= 300) after which the run is abandoned",
+    "background": "true to run an index run in the background: 202 with a run id to poll "
+    "at GET /api/runs/{id}",
 }
 
 
@@ -40,8 +43,9 @@ class RunRequest(BaseModel):
 
 
 class RunOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    timeout_s: float | None = Field(default=None, gt=0, le=300)
+    model_config = ConfigDict(extra="forbid", strict=True)
+    timeout_s: float | int | None = Field(default=None, gt=0, le=300)
+    background: bool = False
 
 
 class RunUsage(BaseModel):
@@ -155,12 +159,61 @@ def parse_run_request(body: Any) -> RunRequest:
         validate_scope(scope)
     try:
         RunOptions.model_validate(options)
-    except Exception as exc:
+    except ValidationError as exc:
+        name = str(exc.errors()[0]["loc"][0])
         raise ValidationFailed(
-            f"options.timeout_s: {ALLOWED_OPTIONS['timeout_s']}",
-            field="options.timeout_s",
+            f"options.{name}: {ALLOWED_OPTIONS[name]}",
+            field=f"options.{name}",
             code="invalid_option",
-        ) from exc
+        ) from None
     return RunRequest(
         model=model, mode=mode, scope=scope, input=body["input"], params=params, options=options
     )
+
+
+RunState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class RunProgress(BaseModel):
+    total: int
+    done: int = Field(description="Items embedded and stored.")
+    skipped: int = Field(description="Items unchanged in the namespace: not embedded.")
+    failed: int = Field(description="Items that could not be indexed (see errors).")
+
+
+class RunErrorPublic(BaseModel):
+    index: int | None = Field(default=None, description="Position of the item in input.items.")
+    id: str | None = None
+    code: str
+    message: str
+
+
+class RunTimings(BaseModel):
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    elapsed_seconds: float | None
+    embed_seconds: float
+    write_seconds: float
+    items_per_second: float | None
+
+
+class RunStatusPublic(BaseModel):
+    """A background run, as `POST /api/runs` (202) and `GET /api/runs/{id}` show it."""
+
+    id: str
+    model: str
+    mode: str
+    scope: str
+    status: RunState
+    progress: RunProgress
+    errors: list[RunErrorPublic] = Field(description="Per-item failures (first 1,000).")
+    error: RunErrorPublic | None = Field(description="Why the whole run stopped, if it did.")
+    timings: RunTimings
+    usage: RunUsage
+    output: None = None
+
+
+class RunStatusesPublic(BaseModel):
+    data: list[RunStatusPublic]
+    count: int

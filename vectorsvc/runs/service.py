@@ -81,13 +81,19 @@ class RunContext:
 
 
 def run_context(
-    state: AppState, *, workspace_id: str, request: RunRequest, run_id: str | None = None
+    state: AppState,
+    *,
+    workspace_id: str,
+    request: RunRequest,
+    run_id: str | None = None,
+    validate_contract: bool = True,
 ) -> RunContext:
     """Resolve the model, check the mode and the model's contract, build the namespace."""
     model = state.registry.get(request.model)
     model.require_mode(request.mode)
-    check_input_modalities(model, request.input)
-    validate_run_contract(model, request.mode, request.input, request.params)
+    if validate_contract:
+        check_input_modalities(model, request.input)
+        validate_run_contract(model, request.mode, request.input, request.params)
     namespace = (
         namespaces.resolve(workspace_id=workspace_id, model=model, scope=request.scope)
         if request.scope is not None
