@@ -1,4 +1,4 @@
-"""The `vectorsvc` command: serve, and administer workspaces and API keys."""
+"""The `vectorsvc` command: serve, and administer workspaces, API keys and wallets."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from vectorsvc.auth.keys import create_api_key, revoke_api_key
+from vectorsvc.billing import service as billing
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.db.models import Workspace
-from vectorsvc.errors import ServiceError
+from vectorsvc.errors import ServiceError, ValidationFailed
+from vectorsvc.models.pricing import format_credits, parse_credits
 from vectorsvc.workspaces.service import DEV_WORKSPACE, create_workspace, get_workspace_by_name
 
 
@@ -44,6 +46,12 @@ def bootstrap_dev_workspace(settings: Settings, db: Database) -> str | None:
         if session.scalar(select(func.count()).select_from(Workspace)):
             return None
         workspace = create_workspace(session, name=DEV_WORKSPACE)
+        billing.open_wallet(
+            session,
+            workspace_id=workspace.id,
+            micro_credits=parse_credits(settings.dev_starting_credits),
+            note="development workspace starting credits",
+        )
         return create_api_key(session, workspace=workspace, label="dev").plaintext
 
 
@@ -137,6 +145,29 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wallet_topup(args: argparse.Namespace) -> int:
+    try:
+        micro_credits = parse_credits(args.credits)
+    except ValueError as exc:
+        raise ValidationFailed(f"--credits: {exc}", field="credits") from None
+    settings = _settings(args)
+    db = _database(settings)
+    with db.session() as session:
+        workspace = get_workspace_by_name(session, name=args.workspace)
+        balance = billing.top_up(
+            session,
+            workspace_id=workspace.id,
+            micro_credits=micro_credits,
+            note=args.note or "top-up by CLI",
+            opening_micro_credits=billing.opening_micro_credits(settings),
+        )
+    print(
+        f"topped up workspace {args.workspace} by {format_credits(micro_credits)} credits; "
+        f"balance: {format_credits(balance)} credits"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vectorsvc", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -165,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     k_revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke an API key")
     k_revoke.add_argument("key_id")
     k_revoke.set_defaults(func=cmd_keys_revoke)
+
+    wallet = sub.add_parser("wallet", help="manage workspace wallets (credits)")
+    wallet_sub = wallet.add_subparsers(dest="action", required=True)
+    w_topup = wallet_sub.add_parser(
+        "topup", parents=[common], help="add credits to a workspace's wallet"
+    )
+    w_topup.add_argument("--workspace", required=True)
+    w_topup.add_argument("--credits", required=True, help="e.g. 100 or 12.5")
+    w_topup.add_argument("--note", default="", help="recorded in the ledger")
+    w_topup.set_defaults(func=cmd_wallet_topup)
 
     users = sub.add_parser("users", help="manage users who sign in to the web page")
     users_sub = users.add_subparsers(dest="action", required=True)

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vectorsvc.errors import NotFound, ValidationFailed
+from vectorsvc.models.contracts import ModeContract
+from vectorsvc.models.pricing import ModePrice
 
 Mode = Literal["execute", "index", "search", "delete"]
+Modality = Literal["text", "image"]
 VECTOR_MODES: frozenset[str] = frozenset({"index", "search", "delete"})
 DEFAULT_REGISTRY = Path(__file__).with_name("models.yaml")
 
@@ -22,6 +25,14 @@ class EmbedderRef(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class Availability(BaseModel):
+    """Whether the platform offers the model now; `reason` is shown to clients when not."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    available: bool = True
+    reason: str | None = None
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -29,11 +40,25 @@ class ModelSpec(BaseModel):
     name: str
     description: str
     embedder: EmbedderRef
-    modalities: list[Literal["text", "image"]]
+    modalities: list[Modality]
     modes: list[Mode]
     dimension: int = Field(gt=0)
     release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,15}$")
     hardware_tier: str
+    # Per mode: the input/params contract (JSON Schema) and the price. Every mode has both.
+    contracts: dict[Mode, ModeContract]
+    pricing: dict[Mode, ModePrice]
+    availability: Availability = Field(default_factory=Availability)
+
+    @model_validator(mode="after")
+    def _every_mode_has_contract_and_price(self) -> ModelSpec:
+        for name, table in (("contracts", self.contracts), ("pricing", self.pricing)):
+            if set(table) != set(self.modes):
+                raise ValueError(
+                    f"model {self.slug!r}: {name} must name exactly its modes "
+                    f"({', '.join(self.modes)}), not {', '.join(table) or 'none'}"
+                )
+        return self
 
     def require_mode(self, mode: str) -> None:
         if mode not in self.modes:
@@ -48,6 +73,8 @@ class ModelSpec(BaseModel):
 
 class RegistryFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Reusable schema fragments, referenced from the contracts through YAML anchors.
+    schemas: dict[str, Any] = Field(default_factory=dict)
     models: list[ModelSpec]
 
 

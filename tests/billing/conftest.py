@@ -1,0 +1,31 @@
+"""Billing fixtures: a migrated database of its own and a workspace in it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vectorsvc.db.database import Database
+from vectorsvc.models.registry import ModelRegistry, ModelSpec
+from vectorsvc.workspaces.service import create_workspace
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'billing.db'}")
+    database.migrate()
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def workspace_id(db: Database) -> str:
+    with db.session() as session:
+        return create_workspace(session, name="acme").id
+
+
+@pytest.fixture(scope="session")
+def minilm() -> ModelSpec:
+    return ModelRegistry.from_file().get("all-minilm-l6-v2")

@@ -1,0 +1,420 @@
+"""Wallets, usage records and the ledger: prices from the registry, exact integer money.
+
+The rules every function keeps:
+
+- a balance changes only together with a ledger entry that records the change and the balance
+  it left, in the same transaction, so the balance is always the sum of its entries;
+- a run's debit and its usage record are written in one transaction, and the debit is a
+  conditional update (`balance >= cost`), so concurrent runs can never overdraw the wallet nor
+  lose a debit;
+- a run is charged at most once: `usage_records.run_id` is unique.
+
+Each transaction starts with a write so that SQLite takes its write lock first (and waits on
+`busy_timeout`) instead of failing when a read snapshot would have to be upgraded.
+
+Wallets open lazily, on the first charge, top-up or read, with the opening credits passed in
+(`Settings.default_workspace_credits`): no other module has to know about billing when it
+creates a workspace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal, get_args
+
+from sqlalchemy import ColumnElement, SQLColumnExpression, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from vectorsvc.config import Settings
+from vectorsvc.db.database import Database
+from vectorsvc.db.models import LedgerEntry, UsageRecord, Wallet
+from vectorsvc.errors import Conflict, ServiceError, ValidationFailed
+from vectorsvc.models.pricing import ModePrice, Usage, format_credits, parse_credits
+from vectorsvc.models.registry import ModelSpec
+
+GroupBy = Literal["model", "mode", "day"]
+GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
+LedgerKind = Literal["grant", "topup", "debit"]
+
+
+class InsufficientFunds(ServiceError):
+    code = "insufficient_funds"
+    status = 402
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    run_id: str
+    cost: int  # micro-credits recorded for this run
+    balance_after: int  # micro-credits
+    charged: bool  # False: the run had already been charged; nothing was debited now
+
+
+@dataclass(frozen=True)
+class WalletView:
+    workspace_id: str
+    balance: int  # micro-credits
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key: str | None
+    runs: int
+    items: int
+    queries: int
+    cost: int
+
+
+def opening_micro_credits(settings: Settings) -> int:
+    """What a workspace's wallet opens with (micro-credits)."""
+    return parse_credits(settings.default_workspace_credits)
+
+
+def price_of(spec: ModelSpec, mode: str) -> ModePrice:
+    spec.require_mode(mode)
+    return spec.pricing[mode]  # type: ignore[index]
+
+
+def quote(spec: ModelSpec, mode: str, units: Usage) -> int:
+    """The cost in micro-credits of `units` of `mode` on `spec`, at the registry's price."""
+    price = price_of(spec, mode)
+    return price.micro_credits_per_unit * units.units(price.unit)
+
+
+def ensure_funds(
+    db: Database | Session, *, workspace_id: str, cost: int, opening_micro_credits: int = 0
+) -> None:
+    """Refuse (402 `insufficient_funds`) a run whose `cost` the wallet cannot cover now.
+
+    Called before any work; `charge` re-checks atomically, since other runs may spend the
+    balance in between."""
+    if cost <= 0:
+        return
+    with _transaction(db) as session:
+        balance = session.scalar(select(Wallet.balance).where(Wallet.workspace_id == workspace_id))
+    if balance is None:
+        balance = opening_micro_credits
+    if balance < cost:
+        raise _insufficient(balance=balance, cost=cost)
+
+
+def charge(
+    db: Database | Session,
+    *,
+    workspace_id: str,
+    run_id: str,
+    spec: ModelSpec,
+    mode: str,
+    units: Usage,
+    opening_micro_credits: int = 0,
+) -> ChargeResult:
+    """Record the run's usage and debit its cost, atomically; at most once per `run_id`.
+
+    With a `Database`, this is one transaction of its own. With a `Session`, it joins the
+    caller's transaction (to commit together with the caller's writes); on an exception the
+    caller must roll back. Raises `InsufficientFunds` (402) when the balance no longer covers
+    the cost, and then nothing is written.
+    """
+    price = price_of(spec, mode)
+    cost = price.micro_credits_per_unit * units.units(price.unit)
+    now = datetime.now(UTC)
+    with _transaction(db) as session:
+        # Written first: the unique run_id is the idempotency key, and this write takes the lock.
+        record_id = session.execute(
+            _insert(session, UsageRecord)
+            .values(
+                workspace_id=workspace_id,
+                run_id=run_id,
+                model=spec.slug,
+                mode=mode,
+                items=units.items,
+                queries=units.queries,
+                requests=units.requests,
+                unit=price.unit,
+                unit_price=price.micro_credits_per_unit,
+                cost=cost,
+                created_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["run_id"])
+            .returning(UsageRecord.id)
+        ).scalar_one_or_none()
+        if record_id is None:
+            return _already_charged(session, workspace_id=workspace_id, run_id=run_id)
+        balance, _ = _open_wallet(
+            session, workspace_id=workspace_id, micro_credits=opening_micro_credits, now=now
+        )
+        if cost > 0:
+            debited = session.execute(
+                update(Wallet)
+                .where(Wallet.workspace_id == workspace_id, Wallet.balance >= cost)
+                .values(balance=Wallet.balance - cost, updated_at=now)
+                .returning(Wallet.balance)
+                .execution_options(synchronize_session=False)
+            ).scalar_one_or_none()
+            if debited is None:
+                raise _insufficient(balance=_balance(session, workspace_id), cost=cost)
+            balance = debited
+            _ledger(session, workspace_id, "debit", -cost, balance, now, run_id=run_id)
+        return ChargeResult(run_id=run_id, cost=cost, balance_after=balance, charged=True)
+
+
+def top_up(
+    db: Database | Session,
+    *,
+    workspace_id: str,
+    micro_credits: int,
+    note: str = "",
+    kind: Literal["grant", "topup"] = "topup",
+    opening_micro_credits: int = 0,
+) -> int:
+    """Add credits to a workspace's wallet; returns the new balance in micro-credits."""
+    if micro_credits <= 0:
+        raise ValidationFailed(
+            "credits must be a positive amount", field="credits", code="invalid_amount"
+        )
+    now = datetime.now(UTC)
+    with _transaction(db) as session:
+        _open_wallet(
+            session, workspace_id=workspace_id, micro_credits=opening_micro_credits, now=now
+        )
+        balance = session.execute(
+            update(Wallet)
+            .where(Wallet.workspace_id == workspace_id)
+            .values(balance=Wallet.balance + micro_credits, updated_at=now)
+            .returning(Wallet.balance)
+            .execution_options(synchronize_session=False)
+        ).scalar_one()
+        _ledger(session, workspace_id, kind, micro_credits, balance, now, note=note)
+        return int(balance)
+
+
+def open_wallet(
+    db: Database | Session, *, workspace_id: str, micro_credits: int, note: str = ""
+) -> bool:
+    """Open the workspace's wallet with `micro_credits` if it has none; True if opened now."""
+    with _transaction(db) as session:
+        _, opened = _open_wallet(
+            session,
+            workspace_id=workspace_id,
+            micro_credits=micro_credits,
+            now=datetime.now(UTC),
+            note=note,
+        )
+        return opened
+
+
+def get_wallet(
+    db: Database | Session, *, workspace_id: str, opening_micro_credits: int = 0
+) -> WalletView:
+    """The workspace's wallet, opened now if it has none yet."""
+    with _transaction(db) as session:
+        _open_wallet(
+            session,
+            workspace_id=workspace_id,
+            micro_credits=opening_micro_credits,
+            now=datetime.now(UTC),
+        )
+        wallet = session.get_one(Wallet, workspace_id)
+        return WalletView(
+            workspace_id=wallet.workspace_id,
+            balance=wallet.balance,
+            updated_at=_aware(wallet.updated_at),
+        )
+
+
+@dataclass(frozen=True)
+class SummaryQuery:
+    start: datetime | None  # inclusive
+    end: datetime | None  # exclusive
+    group_by: GroupBy
+
+
+def parse_summary_query(
+    *, start: str | None, end: str | None, group_by: str | None
+) -> SummaryQuery:
+    """`from`/`to` as ISO dates or date-times (a date-only `to` includes that whole day;
+    a date-time without offset is UTC); `group_by` one of model, mode, day."""
+    begin = _parse_instant(start, field="from", end_of_day=False)
+    finish = _parse_instant(end, field="to", end_of_day=True)
+    if begin is not None and finish is not None and finish <= begin:
+        raise ValidationFailed("to must be later than from", field="to", code="invalid_period")
+    chosen = group_by or "model"
+    if chosen not in GROUP_BY_VALUES:
+        raise ValidationFailed(
+            f"group_by {chosen!r} is not allowed; use one of: {', '.join(GROUP_BY_VALUES)}",
+            field="group_by",
+            code="invalid_group_by",
+            details={"allowed": list(GROUP_BY_VALUES)},
+        )
+    return SummaryQuery(start=begin, end=finish, group_by=chosen)  # type: ignore[arg-type]
+
+
+def usage_summary(
+    db: Database | Session, *, workspace_id: str, query: SummaryQuery
+) -> tuple[UsageRow, list[UsageRow]]:
+    """Totals and per-group sums of the workspace's usage records in the period."""
+    conditions: list[ColumnElement[bool]] = [UsageRecord.workspace_id == workspace_id]
+    if query.start is not None:
+        conditions.append(UsageRecord.created_at >= query.start)
+    if query.end is not None:
+        conditions.append(UsageRecord.created_at < query.end)
+    sums = (
+        func.count(UsageRecord.id),
+        func.coalesce(func.sum(UsageRecord.items), 0),
+        func.coalesce(func.sum(UsageRecord.queries), 0),
+        func.coalesce(func.sum(UsageRecord.cost), 0),
+    )
+    with _transaction(db) as session:
+        total = session.execute(select(*sums).where(*conditions)).one()
+        key = _group_key(session, query.group_by)
+        groups = session.execute(
+            select(key, *sums).where(*conditions).group_by(key).order_by(key)
+        ).all()
+    return (
+        UsageRow(None, *(int(v) for v in total)),
+        [UsageRow(str(g[0]), *(int(v) for v in g[1:])) for g in groups],
+    )
+
+
+# --- internals ---------------------------------------------------------------------------
+
+
+@contextmanager
+def _transaction(db: Database | Session) -> Iterator[Session]:
+    if isinstance(db, Session):
+        yield db
+    else:
+        with db.session() as session:
+            yield session
+
+
+def _insert(session: Session, entity: Any) -> Any:
+    """INSERT that supports ON CONFLICT DO NOTHING on the configured database."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(entity)
+    return sqlite.insert(entity)
+
+
+def _open_wallet(
+    session: Session, *, workspace_id: str, micro_credits: int, now: datetime, note: str = ""
+) -> tuple[int, bool]:
+    """Create the wallet if missing (with its grant in the ledger); return its balance and
+    whether it was opened now."""
+    opened = session.execute(
+        _insert(session, Wallet)
+        .values(workspace_id=workspace_id, balance=micro_credits, created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["workspace_id"])
+        .returning(Wallet.balance)
+    ).scalar_one_or_none()
+    if opened is None:
+        return _balance(session, workspace_id), False
+    if micro_credits:
+        _ledger(
+            session,
+            workspace_id,
+            "grant",
+            micro_credits,
+            micro_credits,
+            now,
+            note=note or "opening credits",
+        )
+    return int(opened), True
+
+
+def _balance(session: Session, workspace_id: str) -> int:
+    balance = session.scalar(select(Wallet.balance).where(Wallet.workspace_id == workspace_id))
+    return int(balance or 0)
+
+
+def _ledger(
+    session: Session,
+    workspace_id: str,
+    kind: LedgerKind,
+    amount: int,
+    balance_after: int,
+    now: datetime,
+    *,
+    run_id: str | None = None,
+    note: str = "",
+) -> None:
+    session.add(
+        LedgerEntry(
+            workspace_id=workspace_id,
+            kind=kind,
+            amount=amount,
+            balance_after=balance_after,
+            run_id=run_id,
+            note=note[:200],
+            created_at=now,
+        )
+    )
+    session.flush()
+
+
+def _already_charged(session: Session, *, workspace_id: str, run_id: str) -> ChargeResult:
+    record = session.scalars(select(UsageRecord).where(UsageRecord.run_id == run_id)).one()
+    if record.workspace_id != workspace_id:
+        raise Conflict(
+            f"run {run_id!r} was charged to another workspace", field="run_id", code="run_exists"
+        )
+    return ChargeResult(
+        run_id=run_id,
+        cost=record.cost,
+        balance_after=_balance(session, workspace_id),
+        charged=False,
+    )
+
+
+def _insufficient(*, balance: int, cost: int) -> InsufficientFunds:
+    return InsufficientFunds(
+        f"insufficient funds: this run costs {format_credits(cost)} credits and the wallet "
+        f"holds {format_credits(balance)} credits; top up the workspace's wallet",
+        details={
+            "cost": format_credits(cost),
+            "balance": format_credits(balance),
+            "cost_micro_credits": cost,
+            "balance_micro_credits": balance,
+        },
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _parse_instant(value: str | None, *, field: str, end_of_day: bool) -> datetime | None:
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            if end_of_day:
+                day += timedelta(days=1)
+            return datetime.combine(day, time(), tzinfo=UTC)
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationFailed(
+            f"{field}: {value!r} is not an ISO 8601 date (2026-01-31) or date-time "
+            "(2026-01-31T12:00:00Z)",
+            field=field,
+            code="invalid_date",
+        ) from None
+    return _aware(instant).astimezone(UTC)
+
+
+def _group_key(session: Session, group_by: GroupBy) -> SQLColumnExpression[Any]:
+    if group_by == "model":
+        return UsageRecord.model
+    if group_by == "mode":
+        return UsageRecord.mode
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", UsageRecord.created_at), "YYYY-MM-DD")
+    # SQLite stores UTC date-times as 'YYYY-MM-DD HH:MM:SS...' text.
+    return func.substr(UsageRecord.created_at, 1, 10)

@@ -1,0 +1,1 @@
+"""Marketplace: the published models, their contracts, prices and availability."""
