@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, func, select, update
+from sqlalchemy import ColumnElement, Label, SQLColumnExpression, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -271,9 +271,11 @@ def usage_summary(
     )
     with _transaction(db) as session:
         total = session.execute(select(*sums).where(*conditions)).one()
-        key = _group_key(session, query.group_by)
+        # Grouped by the label: an expression repeated with bound parameters (the day on
+        # PostgreSQL) would not be seen as the same expression by a server-side-binding driver.
+        key: Label[Any] = _group_key(session, query.group_by).label("group_key")
         groups = session.execute(
-            select(key, *sums).where(*conditions).group_by(key).order_by(key)
+            select(key, *sums).where(*conditions).group_by("group_key").order_by("group_key")
         ).all()
     return (
         UsageRow(None, *(int(v) for v in total)),
