@@ -176,7 +176,7 @@ async def test_bad_input_field_is_named(service: Service, api_key: str) -> None:
 async def test_404_and_405_use_the_error_envelope(service: Service, api_key: str) -> None:
     r = await service.client.get("/api/nothing-here", headers={"X-API-Key": api_key})
     assert_error(r, 404, "not_found")
-    r = await service.client.get("/api/runs", headers={"X-API-Key": api_key})
+    r = await service.client.delete("/api/runs", headers={"X-API-Key": api_key})
     assert_error(r, 405, "method_not_allowed")
 
 
