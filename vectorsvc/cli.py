@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from vectorsvc.auth.keys import create_api_key, revoke_api_key
 from vectorsvc.billing import service as billing
+from vectorsvc.client.commands import add_client_commands
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.db.models import Workspace
@@ -218,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     u_create.set_defaults(func=cmd_users_create)
+
+    add_client_commands(sub)  # ingest, search: API clients, defined with the client
     return parser
 
 
