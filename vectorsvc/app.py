@@ -17,7 +17,7 @@ from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.embedding import EmbedderLoader, EmbedderSettings, EmbeddingService
-from vectorsvc.errors import install_error_handlers
+from vectorsvc.errors import ERROR_RESPONSES, install_error_handlers
 from vectorsvc.health import router as health_router
 from vectorsvc.knowledge_bases.endpoints import router as knowledge_bases_router
 from vectorsvc.limits import BodySizeLimitMiddleware, RateLimiter
@@ -103,6 +103,7 @@ def create_app(
         version=__version__,
         summary="Vector index and search for scoped knowledge bases",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.metrics = metrics
     install_error_handlers(app)

@@ -14,9 +14,32 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
+
+
+class ErrorBodyPublic(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str
+    message: str
+    field: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class ErrorPublic(BaseModel):
+    """The one error shape, as the OpenAPI document declares it for every 4xx and 5xx."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorBodyPublic
+
+
+# Every route answers errors in the one envelope (FastAPI's default 422 schema is not ours).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorPublic, "description": "Client error: see error.code"},
+    "5XX": {"model": ErrorPublic, "description": "Server error: see error.code"},
+}
 
 
 class ServiceError(Exception):

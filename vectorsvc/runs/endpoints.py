@@ -8,8 +8,9 @@ import anyio
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from vectorsvc.auth.dependencies import CurrentCaller
+from vectorsvc.auth.dependencies import Caller, CurrentCaller
 from vectorsvc.errors import ServiceError
+from vectorsvc.observability import RUN_MODES, Metrics
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.schemas import (
     RunRequest,
@@ -20,7 +21,7 @@ from vectorsvc.runs.schemas import (
     parse_run_request,
 )
 from vectorsvc.runs.service import execute_run
-from vectorsvc.state import StateDep
+from vectorsvc.state import AppState, StateDep
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -62,6 +63,39 @@ async def create_run(
     caller: CurrentCaller,
     state: StateDep,
     body: Annotated[Any, Body(include_in_schema=False)] = None,
+) -> RunResponse | JSONResponse:
+    try:
+        response = await _create_run(http_request, caller, state, body)
+    except ServiceError as exc:
+        _count_run(http_request, state, body, "rejected" if exc.status < 500 else "error")
+        raise
+    except Exception:
+        _count_run(http_request, state, body, "error")
+        raise
+    _count_run(
+        http_request,
+        state,
+        body,
+        "accepted" if isinstance(response, JSONResponse) else "succeeded",
+    )
+    return response
+
+
+def _count_run(http_request: Request, state: AppState, body: Any, outcome: str) -> None:
+    """`vectorsvc_runs_total`: labels from closed sets only (registry slugs, run modes)."""
+    fields = body if isinstance(body, dict) else {}
+    model, mode = fields.get("model"), fields.get("mode") or "execute"
+    slugs = {spec.slug for spec in state.registry.models}
+    metrics: Metrics = http_request.app.state.metrics
+    metrics.runs.labels(
+        model if isinstance(model, str) and model in slugs else "unknown",
+        mode if isinstance(mode, str) and mode in RUN_MODES else "unknown",
+        outcome,
+    ).inc()
+
+
+async def _create_run(
+    http_request: Request, caller: Caller, state: AppState, body: Any
 ) -> RunResponse | JSONResponse:
     request = parse_run_request(body)
     http_request.state.run_mode = request.mode  # a metrics label (closed set, checked there)

@@ -166,9 +166,14 @@ def parse_run_request(body: Any) -> RunRequest:
             field=f"options.{name}",
             code="invalid_option",
         ) from None
-    return RunRequest(
-        model=model, mode=mode, scope=scope, input=body["input"], params=params, options=options
-    )
+    try:
+        return RunRequest(
+            model=model, mode=mode, scope=scope, input=body["input"], params=params, options=options
+        )
+    except ValidationError as exc:  # e.g. a model name over 100 characters: 422, not 500
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ValidationFailed(f"{name}: {first['msg']}", field=name) from None
 
 
 RunState = Literal["queued", "running", "succeeded", "failed", "cancelled"]

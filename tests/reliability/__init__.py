@@ -1,0 +1,1 @@
+"""Reliability: fuzzing, crash safety, load, isolation, limits, secrets, observability."""
