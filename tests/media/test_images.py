@@ -10,10 +10,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Service
+from tests.helpers import Uploader, encode
 from tests.media.conftest import (
     MAX_IMAGE_PIXELS,
-    Uploader,
-    encode,
     media_service,
     png_declaring,
     stored_files,

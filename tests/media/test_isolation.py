@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Service
-from tests.media.conftest import Uploader, encode, media_service, workspace_id
+from tests.helpers import Uploader, encode
+from tests.media.conftest import media_service, workspace_id
 from vectorsvc.errors import NotFound
 
 pytestmark = pytest.mark.anyio

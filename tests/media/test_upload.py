@@ -14,7 +14,8 @@ from PIL import Image
 from sqlalchemy import update
 
 from tests.conftest import Service
-from tests.media.conftest import MAX_UPLOAD_BYTES, Uploader, encode, stored_files
+from tests.helpers import Uploader, encode
+from tests.media.conftest import MAX_UPLOAD_BYTES, stored_files
 from vectorsvc.config import Settings
 from vectorsvc.db.models import MediaUpload
 
