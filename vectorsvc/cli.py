@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +15,11 @@ from vectorsvc.client.commands import add_client_commands
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.db.models import Workspace
+from vectorsvc.embedding import EmbedderSettings
 from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.models.pricing import format_credits, parse_credits
+from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.observability import configure_logging
 from vectorsvc.workspaces.service import DEV_WORKSPACE, create_workspace, get_workspace_by_name
 
 
@@ -62,9 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vectorsvc.app import create_app
 
     settings = _settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level)
     db = _database(settings)
     key = bootstrap_dev_workspace(settings, db)
     db.close()
@@ -80,7 +80,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             '"text": "Qdrant is a vector database"}]}}\''
         )
         sys.stdout.flush()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep our JSON logging
+        access_log=False,  # the observability middleware logs each request with its id
+    )
     return 0
 
 
@@ -220,8 +226,69 @@ def build_parser() -> argparse.ArgumentParser:
     )
     u_create.set_defaults(func=cmd_users_create)
 
+    models = sub.add_parser("models", help="published models and their weights")
+    models_sub = models.add_subparsers(dest="action", required=True)
+    m_list = models_sub.add_parser(
+        "list", parents=[common], help="models and whether their weights are here"
+    )
+    m_list.set_defaults(func=cmd_models_list)
+    m_download = models_sub.add_parser(
+        "download",
+        parents=[common],
+        help="download a model's weights from the model hub into the models dir",
+    )
+    m_download.add_argument("slug")
+    m_download.set_defaults(func=cmd_models_download)
+
     add_client_commands(sub)  # ingest, search: API clients, defined with the client
     return parser
+
+
+def _embedder_settings(settings: Settings) -> EmbedderSettings:
+    return EmbedderSettings(
+        models_dir=str(settings.resolved_models_dir),
+        batch_size=settings.embed_batch_size,
+        allow_downloads=settings.allow_model_downloads,
+    )
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from embedders.base import MissingDependency, WeightsUnavailable
+
+    settings = _settings(args)
+    checks = _embedder_settings(settings)
+    for spec in ModelRegistry.from_file().models:
+        try:
+            checks.check(spec)
+            state = "available"
+        except (WeightsUnavailable, MissingDependency) as exc:
+            state = f"not available: {exc}"
+        print(f"{spec.slug:<20} {', '.join(spec.modalities):<12} {spec.dimension:>5}-d  {state}")
+    return 0
+
+
+# Models whose weights come from the model hub rather than an installed package.
+HUB_REPOS = {"clip-vit-b-32": "sentence-transformers/clip-ViT-B-32"}
+
+
+def cmd_models_download(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ModelRegistry.from_file().get(args.slug)
+    repo = HUB_REPOS.get(args.slug)
+    if repo is None:
+        print(f"{args.slug}: its weights ship in an installed package; nothing to download")
+        return 0
+    from huggingface_hub import snapshot_download
+
+    target = settings.resolved_models_dir / args.slug
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        snapshot_download(repo_id=repo, local_dir=str(target))
+    except Exception as exc:  # noqa: BLE001 - any hub/network failure is the user's answer
+        print(f"error: could not download {repo}: {exc}", file=sys.stderr)
+        return 2
+    print(f"downloaded {repo} into {target}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

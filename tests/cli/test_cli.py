@@ -74,3 +74,17 @@ def test_settings_fail_fast_on_unsafe_values(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("VECTORSVC_PORT", "99999")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_models_list_says_which_weights_are_missing_and_how_to_get_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "list", "--data-dir", str(tmp_path)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["all-minilm-l6-v2"].endswith("available")
+    assert lines["image-similarity"].endswith("available")
+    assert "not available" in lines["clip-vit-b-32"]
+    assert str(tmp_path / "models" / "clip-vit-b-32") in lines["clip-vit-b-32"]
+    assert "download" in lines["clip-vit-b-32"].lower()
+    assert main(["models", "download", "all-minilm-l6-v2", "--data-dir", str(tmp_path)]) == 0
+    assert "nothing to download" in capsys.readouterr().out
