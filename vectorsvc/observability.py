@@ -68,6 +68,11 @@ class Metrics:
 
 
 def _route_template(scope: Scope) -> str:
+    # FastAPI records the matched route in the scope; its router's top-level entries are
+    # included-router wrappers without a path, so matching them here finds nothing.
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
     app = scope.get("app")
     router = getattr(app, "router", None)
     for route in getattr(router, "routes", []):
