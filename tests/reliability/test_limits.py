@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ MODEL = "all-minilm-l6-v2"
 Loader = Callable[[ModelSpec], Embedder]
 
 
-def service_with(tmp_path: Path, models_dir: Path, loader: Loader, **limits: Any) -> Any:
+def service_with(
+    tmp_path: Path, models_dir: Path, loader: Loader, **limits: Any
+) -> AbstractAsyncContextManager[Service]:
     settings = make_settings(tmp_path / "data", models_dir, **limits)
     return running_service(settings, loader)
 
