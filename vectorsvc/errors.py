@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vectorsvc.observability import request_id_var
+
 logger = logging.getLogger(__name__)
 
 
@@ -192,8 +194,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        # This runs outside the observability middleware: restore the request's id for the
+        # log line and the X-Request-ID header, so a 500 can be traced like any answer.
+        request_id = request.scope.get("state", {}).get("request_id")
+        token = request_id_var.set(request_id) if request_id else None
+        try:
+            logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        finally:
+            if token is not None:
+                request_id_var.reset(token)
         return JSONResponse(
             status_code=500,
             content={"error": {"code": "internal_error", "message": "internal server error"}},
+            headers={"X-Request-ID": request_id} if request_id else None,
         )
