@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import AsyncIterator
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
+import uvicorn
 from PIL import Image
 
+from embedders.base import Embedder
 from tests.conftest import Service
+from vectorsvc.app import create_app
+from vectorsvc.config import Settings
+from vectorsvc.models.registry import ModelSpec
 
 
 def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
@@ -69,3 +78,28 @@ class Uploader:
         assert r.status_code == 200, r.text
         body: dict[str, Any] = r.json()
         return body
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(settings: Settings, loader: Callable[[ModelSpec], Embedder]) -> Iterator[str]:
+    """The real app under uvicorn in a thread on a free loopback port; yields its base URL.
+
+    For tests that need a real HTTP server (a browser, the CLI, the client)."""
+    app = create_app(settings, embedder_loader=loader)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # the OS picks a free port: no race with other tests
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the service did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -9,20 +9,15 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 
 from embedders.base import Embedder
 from tests.conftest import make_settings
-from vectorsvc.app import create_app
+from tests.helpers import uvicorn_in_thread
 from vectorsvc.auth.keys import create_api_key
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
@@ -53,35 +48,12 @@ def live(
     embedder_loader: Callable[[ModelSpec], Embedder],
 ) -> Iterator[LiveService]:
     settings = make_settings(tmp_path_factory.mktemp("client-data"), models_dir)
-    app = create_app(settings, embedder_loader=embedder_loader)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # a free port chosen by the OS: no race with other tests
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the service did not start")
-        time.sleep(0.05)
-    db = Database(settings.resolved_database_url)
-    try:
-        yield LiveService(base_url=f"http://127.0.0.1:{port}", settings=settings, db=db)
-    finally:
-        db.close()
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
-@pytest.fixture
-def background_runs(live: LiveService) -> None:
-    """Skip unless the service has background runs (`GET /api/runs/{id}`, issue 6): before
-    they land, an unknown run id is a "no route" 404 rather than the service's own."""
-    r = httpx.get(f"{live.base_url}/api/runs/run_0", headers={"X-API-Key": "x"})
-    if r.status_code == 404 and r.json()["error"]["code"] == "not_found":
-        pytest.skip("GET /api/runs/{id} is not in this build yet")
+    with uvicorn_in_thread(settings, embedder_loader) as base_url:
+        db = Database(settings.resolved_database_url)
+        try:
+            yield LiveService(base_url=base_url, settings=settings, db=db)
+        finally:
+            db.close()
 
 
 _workspaces = itertools.count()

@@ -104,7 +104,7 @@ def test_upload_and_search_an_image(
         assert hits[0].media_ref == uploaded.media_ref and hits[0].thumbnail_url
 
 
-def test_background_index_run(live: LiveService, key: str, background_runs: None) -> None:
+def test_background_index_run(live: LiveService, key: str) -> None:
     items = [{"id": f"d{n}", "text": f"document number {n} about topic {n % 3}"} for n in range(5)]
     with VectorsvcClient(live.base_url, key) as client:
         started = client.start_background_index(TEXT_MODEL, "bg", items)

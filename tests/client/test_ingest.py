@@ -156,7 +156,6 @@ def test_background_ingest(
     scifact_docs: list[dict[str, str]],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    background_runs: None,
 ) -> None:
     path = write_jsonl(tmp_path / "few.jsonl", scifact_docs[:12])
     args = (

@@ -4,9 +4,6 @@ driven by Playwright, and a screenshot in `test-artifacts/` when a test fails.""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from embedders.base import Embedder
 from tests.conftest import make_settings
+from tests.helpers import uvicorn_in_thread
 from vectorsvc.accounts.service import create_user
-from vectorsvc.app import create_app
 from vectorsvc.auth.keys import create_api_key
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
@@ -83,26 +79,12 @@ def live_server(
 ) -> Iterator[LiveServer]:
     """The real app under uvicorn in a thread: the page needs a real HTTP server."""
     settings = make_settings(tmp_path / "data", models_dir, access_token_ttl_s=ACCESS_TOKEN_TTL_S)
-    app = create_app(settings, embedder_loader=embedder_loader)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; no race with other tests
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the service did not start")
-        time.sleep(0.05)
-    db = Database(settings.resolved_database_url)
-    try:
-        yield LiveServer(base_url=f"http://127.0.0.1:{port}", settings=settings, db=db)
-    finally:
-        db.close()
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with uvicorn_in_thread(settings, embedder_loader) as base_url:
+        db = Database(settings.resolved_database_url)
+        try:
+            yield LiveServer(base_url=base_url, settings=settings, db=db)
+        finally:
+            db.close()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
