@@ -72,7 +72,7 @@ class ServerProcess:
         """Start and wait until /health answers; the seconds it took."""
         assert self.process is None or self.process.poll() is not None, "already running"
         started = time.monotonic()
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in kill/stop
+        self._log = open(self.log_path, "ab")  # closed by kill() or stop()
         self.process = subprocess.Popen(
             [VECTORSVC, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env,

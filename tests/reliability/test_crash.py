@@ -118,59 +118,63 @@ def test_acknowledged_writes_survive_five_kill_9s(tmp_path: Path) -> None:
     ledger = Ledger()
     stop = threading.Event()
     server.start()
-    client_thread = threading.Thread(target=ingest, args=(server.url, key, ledger, stop))
-    client_thread.start()
     try:
-        for _ in range(KILLS):
-            # At least one batch acknowledged since the last start, then a random moment.
-            wait_for_progress(ledger, acked_batches(ledger))
-            time.sleep(rng.uniform(0.1, 2.0))
-            server.kill()
-            server.start()  # the same data dir: the store must open after the crash
-        # After the last restart: more acknowledged writes, which also heal the catalog
-        # row a crash between the vector write and the catalog update left behind.
-        wait_for_progress(ledger, acked_batches(ledger) + 2)
-    finally:
-        stop.set()
-        client_thread.join(120)
-    try:
-        assert not ledger.unexpected, ledger.unexpected[:5]
-        assert ledger.uncertain_batches >= 1, "no kill landed during a request"
-        assert len(ledger.acked) >= 5 * BATCH
-
-        with httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=60) as client:
-            assert client.get("/health").json()["status"] == "ok"
-            listed = all_items(client)
-            present = set(listed)
-            assert len(listed) == len(present), "paging returned an item twice"
-            lost = set(ledger.acked) - present
-            assert not lost, f"{len(lost)} acknowledged items lost, e.g. {sorted(lost)[:5]}"
-            assert present <= ledger.sent, "an item that was never sent is stored"
-
-            # Three counts agree: catalog, the store's exact count, and the paging.
-            r = client.get("/api/knowledge-bases", params={"model": MODEL})
-            (entry,) = [e for e in r.json()["data"] if e["scope"] == SCOPE]
-            assert entry["point_count"] == len(present)
-            r = client.delete(f"/api/knowledge-bases/{MODEL}/{SCOPE}", params={"dry_run": True})
-            assert r.status_code == 200, r.text
-            assert r.json()["count"] == len(present)
-
-            # Acknowledged means searchable: the exact text finds its item first.
-            for item_id in rng.sample(sorted(ledger.acked), 8):
-                r = client.post(
-                    "/api/runs",
-                    json={
-                        "model": MODEL,
-                        "mode": "search",
-                        "scope": SCOPE,
-                        "input": {"text": ledger.acked[item_id]},
-                        "params": {"top_k": 1},
-                    },
-                )
-                assert r.status_code == 200, r.text
-                assert r.json()["output"]["hits"][0]["id"] == item_id
-        # Clean opens: no error was logged by any of the six starts.
-        errors = [line for line in server.log_text().splitlines() if '"level": "error"' in line]
-        assert not errors, errors[:3]
+        client_thread = threading.Thread(target=ingest, args=(server.url, key, ledger, stop))
+        client_thread.start()
+        try:
+            for _ in range(KILLS):
+                # At least one batch acknowledged since the last start, then a random moment.
+                wait_for_progress(ledger, acked_batches(ledger))
+                time.sleep(rng.uniform(0.1, 2.0))
+                server.kill()
+                server.start()  # the same data dir: the store must open after the crash
+            # After the last restart: more acknowledged writes, which also heal the catalog
+            # row a crash between the vector write and the catalog update left behind.
+            wait_for_progress(ledger, acked_batches(ledger) + 2)
+        finally:
+            stop.set()
+            client_thread.join(120)
+        verify(server, key, ledger, rng)
     finally:
         server.stop()
+
+
+def verify(server: ServerProcess, key: str, ledger: Ledger, rng: random.Random) -> None:
+    assert not ledger.unexpected, ledger.unexpected[:5]
+    assert ledger.uncertain_batches >= 1, "no kill landed during a request"
+    assert len(ledger.acked) >= 5 * BATCH
+
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=60) as client:
+        assert client.get("/health").json()["status"] == "ok"
+        listed = all_items(client)
+        present = set(listed)
+        assert len(listed) == len(present), "paging returned an item twice"
+        lost = set(ledger.acked) - present
+        assert not lost, f"{len(lost)} acknowledged items lost, e.g. {sorted(lost)[:5]}"
+        assert present <= ledger.sent, "an item that was never sent is stored"
+
+        # Three counts agree: catalog, the store's exact count, and the paging.
+        r = client.get("/api/knowledge-bases", params={"model": MODEL})
+        (entry,) = [e for e in r.json()["data"] if e["scope"] == SCOPE]
+        assert entry["point_count"] == len(present)
+        r = client.delete(f"/api/knowledge-bases/{MODEL}/{SCOPE}", params={"dry_run": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["count"] == len(present)
+
+        # Acknowledged means searchable: the exact text finds its item first.
+        for item_id in rng.sample(sorted(ledger.acked), 8):
+            r = client.post(
+                "/api/runs",
+                json={
+                    "model": MODEL,
+                    "mode": "search",
+                    "scope": SCOPE,
+                    "input": {"text": ledger.acked[item_id]},
+                    "params": {"top_k": 1},
+                },
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["output"]["hits"][0]["id"] == item_id
+    # Clean opens: no error was logged by any of the six starts.
+    errors = [line for line in server.log_text().splitlines() if '"level": "error"' in line]
+    assert not errors, errors[:3]
