@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, tuple_
 
 from vectorsvc.db.database import Database
 from vectorsvc.db.models import CatalogEntry
@@ -96,8 +96,6 @@ def list_entries(
     limit: int,
 ) -> tuple[list[CatalogEntry], int]:
     """A page of entries ordered by (model, scope), and the total matching count."""
-    from sqlalchemy import func, tuple_
-
     with db.session() as session:
         conditions = [CatalogEntry.workspace_id == workspace_id]
         if model:
