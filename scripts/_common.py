@@ -73,56 +73,103 @@ class RunningService:
         )
 
 
+@dataclass(frozen=True)
+class Bench:
+    """A data dir with a workspace and an API key, ready for `serve`."""
+
+    data_dir: Path
+    workspace_id: str
+    key: str
+
+
+def cli_env(data_dir: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "VECTORSVC_DATA_DIR": str(data_dir),
+        "VECTORSVC_CREATE_DEV_WORKSPACE": "false",
+    }
+    env.update(extra_env or {})
+    return env
+
+
+def prepare(data_dir: Path, workspace: str = "bench") -> Bench:
+    """Create `workspace` and an API key in a fresh data dir (through the CLI)."""
+    cli = str(VENV_BIN / "vectorsvc")
+    env = cli_env(data_dir)
+    created = subprocess.run(
+        [cli, "workspace", "create", workspace],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    # "created workspace bench (<id>)"
+    workspace_id = created.stdout.strip().splitlines()[-1].rsplit("(", 1)[1].rstrip(")")
+    out = subprocess.run(
+        [cli, "keys", "create", "--workspace", workspace],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    key = out.stdout.strip().splitlines()[-1]
+    # Credits, where runs are billed: best effort, a CLI without wallets is fine too.
+    subprocess.run(
+        [cli, "wallet", "topup", "--workspace", workspace, "--credits", "1000000"],
+        env=env,
+        check=False,
+        capture_output=True,
+    )
+    return Bench(data_dir=data_dir, workspace_id=workspace_id, key=key)
+
+
+@contextlib.contextmanager
+def serve(
+    bench: Bench, extra_env: dict[str, str] | None = None, log_path: Path | None = None
+) -> Iterator[RunningService]:
+    """Run `vectorsvc serve` on `bench.data_dir` on a free loopback port until exit."""
+    port = free_port()
+    cli = str(VENV_BIN / "vectorsvc")
+    log_path = log_path or bench.data_dir.parent / "service.log"
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(
+        [cli, "serve", "--port", str(port)],
+        env=cli_env(bench.data_dir, extra_env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"service did not start; see {log_path}")
+            time.sleep(0.2)
+        yield RunningService(url=url, key=bench.key, data_dir=bench.data_dir, process=proc)
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(60)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 @contextlib.contextmanager
 def service(
     extra_env: dict[str, str] | None = None, data_dir: Path | None = None
 ) -> Iterator[RunningService]:
     """Start `vectorsvc serve` on a free loopback port with its own data dir."""
     with tempfile.TemporaryDirectory(prefix="vectorsvc-bench-") as tmp:
-        data = data_dir or Path(tmp) / "data"
-        port = free_port()
-        env = {
-            **os.environ,
-            "VECTORSVC_DATA_DIR": str(data),
-            "VECTORSVC_CREATE_DEV_WORKSPACE": "false",
-        }
-        env.update(extra_env or {})
-        cli = str(VENV_BIN / "vectorsvc")
-        subprocess.run(
-            [cli, "workspace", "create", "bench"], env=env, check=True, capture_output=True
-        )
-        out = subprocess.run(
-            [cli, "keys", "create", "--workspace", "bench"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        key = out.stdout.strip().splitlines()[-1]
-        log = open(Path(tmp) / "service.log", "wb")
-        proc = subprocess.Popen(
-            [cli, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"service did not start; see {log.name}")
-                time.sleep(0.2)
-            yield RunningService(url=url, key=key, data_dir=data, process=proc)
-        finally:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(30)
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
+        bench = prepare(data_dir or Path(tmp) / "data")
+        with serve(bench, extra_env, log_path=Path(tmp) / "service.log") as running:
+            yield running
 
 
 def percentile(values: list[float], q: float) -> float:

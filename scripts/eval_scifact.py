@@ -54,7 +54,9 @@ def main() -> None:
     test_queries = {qid: queries[qid] for qid in qrels}
 
     from embedders.factory import create_embedder
+    from vectorsvc.embedding import configure_model_threads
 
+    configure_model_threads()  # as the service does: idle OpenMP threads sleep, not spin
     started = time.perf_counter()
     embedder = create_embedder("sentence_transformer_text")
     doc_vectors = embedder.embed_texts([d["text"] for d in corpus])

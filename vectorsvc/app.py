@@ -53,6 +53,7 @@ def build_state(
         models_dir=str(settings.resolved_models_dir),
         batch_size=settings.embed_batch_size,
         allow_downloads=settings.allow_model_downloads,
+        text_backend=settings.text_backend,
     )
     embeddings = EmbeddingService(
         registry,

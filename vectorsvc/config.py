@@ -53,7 +53,12 @@ class Settings(BaseSettings):
     max_top_k: int = Field(default=100, ge=1, le=10_000)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
+    # How long a batch may wait for more concurrent requests (only in a lane that has lately
+    # seen concurrent requests; a lone client never waits).
     batch_wait_ms: float = Field(default=1.0, ge=0, le=50)
+    # Text models on sentence-transformers: "torch", or "onnx" (ONNX Runtime: same vectors,
+    # faster on CPU; needs `pip install onnxruntime onnx`). See README, "Performance".
+    text_backend: Literal["torch", "onnx"] = "torch"
     # Per-credential token bucket (0 disables): sustained requests per minute, and burst.
     rate_limit_per_minute: int = Field(default=1200, ge=0)
     rate_limit_burst: int = Field(default=200, ge=1)

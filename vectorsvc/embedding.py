@@ -1,19 +1,28 @@
 """Model runtime: lazy, shared embedders and dynamic batching of concurrent requests.
 
-Each model gets one worker thread (an executor we own), so model calls never run on the
-event loop and never contend with each other. Concurrent requests of the same kind
-(documents, queries, images) queue up while the model is busy and go into the next call
-together; an optional bounded wait (`batch_wait_ms`) lets a burst gather first.
+Each model gets one worker thread that we own, so model calls never run on the event loop
+and never contend with each other. Concurrent requests of the same kind (documents, queries,
+images) queue up while the model is busy and go into the next call together. A bounded wait
+(`batch_wait_ms`) lets a burst gather first, but only in a lane that has lately seen
+concurrent requests: a lone client never waits for company that is not coming.
+
+Queries go first: documents and images reach the model in chunks of `chunk_items`, and a
+query that arrives meanwhile runs before the next chunk, so an ingest never holds a search
+for longer than one chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
+import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,6 +52,7 @@ class EmbedderSettings:
     models_dir: str
     batch_size: int = 64
     allow_downloads: bool = False
+    text_backend: str = "torch"  # for kinds with a `backend` key (sentence-transformers text)
 
     def config_for(self, spec: ModelSpec) -> dict[str, Any]:
         config = dict(spec.embedder.config)
@@ -51,6 +61,8 @@ class EmbedderSettings:
         config.setdefault("models_dir", self.models_dir)
         if "allow_download" in keys:
             config.setdefault("allow_download", self.allow_downloads)
+        if "backend" in keys:
+            config.setdefault("backend", self.text_backend)
         return config
 
     def load(self, spec: ModelSpec) -> Embedder:
@@ -58,6 +70,18 @@ class EmbedderSettings:
 
     def check(self, spec: ModelSpec) -> None:
         check_weights(spec.embedder.kind, **self.config_for(spec))
+
+
+def configure_model_threads() -> None:
+    """Make the models' OpenMP threads sleep, not spin, between parallel regions.
+
+    With the default (spinning) policy torch's threads burn the cores they wait on, starving
+    the event loop and anything else on the machine; on 2 shared cores a 10 ms query took
+    400 ms (measured, see README "Performance"). It only takes effect before torch loads;
+    an explicit OMP_WAIT_POLICY in the environment wins.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def default_loader(models_dir: str, batch_size: int) -> EmbedderLoader:
@@ -75,6 +99,26 @@ class _Request:
 class _Lane:
     queue: asyncio.Queue[_Request] = field(default_factory=asyncio.Queue)
     worker: asyncio.Task[None] | None = None
+    # Requests in the previous model call: above 1, clients are arriving together.
+    last_requests: int = 1
+
+
+# Lower runs first; equal priorities run in arrival order. _STOP ends the worker.
+_PRIORITY: dict[InputKind, int] = {"query": 0, "image": 1, "document": 1}
+_STOP = 1 << 30
+
+
+@dataclass(order=True)
+class _Job:
+    priority: int
+    seq: int
+    kind: InputKind = field(compare=False)
+    inputs: Sequence[Any] = field(compare=False)
+    future: Future[Embeddings] = field(compare=False)
+
+
+def _text_length(item: Any) -> int:
+    return len(item) if isinstance(item, str) else 0
 
 
 @dataclass(frozen=True)
@@ -84,15 +128,26 @@ class BatchStats:
 
 
 class ModelRuntime:
-    """One model: its weights (loaded on first use) and its worker thread."""
+    """One model: its weights (loaded on first use) and its worker thread, which takes
+    queued model calls by priority (queries first) and then in arrival order."""
 
     def __init__(
-        self, spec: ModelSpec, loader: EmbedderLoader, on_batch: BatchObserver | None = None
+        self,
+        spec: ModelSpec,
+        loader: EmbedderLoader,
+        on_batch: BatchObserver | None = None,
+        *,
+        chunk_items: int = 4,
     ) -> None:
         self.spec = spec
         self._loader = loader
         self._on_batch = on_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{spec.slug}")
+        self._chunk_items = max(1, chunk_items)
+        self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+        self._stopped = False
         self._load_lock = threading.Lock()
         self._embedder: Embedder | None = None
         self.unavailable: WeightsUnavailable | None = None
@@ -140,10 +195,63 @@ class ModelRuntime:
         return vectors
 
     async def submit(self, kind: InputKind, inputs: Sequence[Any]) -> Embeddings:
-        return await asyncio.wrap_future(self._executor.submit(self.run, kind, inputs))
+        """Run `inputs` on the worker thread. Documents and images go in chunks (texts
+        sorted by length first, as sentence-transformers does, so chunks pad little)."""
+        size = self._chunk_items
+        if kind == "query" or len(inputs) <= size:
+            return await asyncio.wrap_future(self._enqueue(kind, inputs))
+        order = sorted(range(len(inputs)), key=lambda i: _text_length(inputs[i]))
+        futures = [
+            self._enqueue(kind, [inputs[i] for i in order[start : start + size]])
+            for start in range(0, len(order), size)
+        ]
+        try:
+            parts = [await asyncio.wrap_future(f) for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()  # no-op once done; drops chunks not started if we failed early
+        vectors = np.concatenate(parts)
+        out = np.empty_like(vectors)
+        out[order] = vectors
+        return out
+
+    def _enqueue(self, kind: InputKind, inputs: Sequence[Any]) -> Future[Embeddings]:
+        future: Future[Embeddings] = Future()
+        with self._worker_lock:
+            if self._stopped:
+                raise RuntimeError(f"model {self.spec.slug} is shut down")
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._work, name=f"embed-{self.spec.slug}", daemon=True
+                )
+                self._worker.start()
+            self._jobs.put(_Job(_PRIORITY[kind], next(self._seq), kind, inputs, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job.priority == _STOP:
+                return
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                job.future.set_result(self.run(job.kind, job.inputs))
+            except BaseException as exc:
+                job.future.set_exception(exc)
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._worker_lock:
+            self._stopped = True
+            worker = self._worker
+        while True:
+            try:
+                self._jobs.get_nowait().future.cancel()
+            except queue.Empty:
+                break
+        if worker is not None:
+            self._jobs.put(_Job(_STOP, next(self._seq), "document", (), Future()))
+            worker.join()
 
 
 class EmbeddingService:
@@ -154,9 +262,12 @@ class EmbeddingService:
         loader: EmbedderLoader,
         batch_wait_ms: float = 1.0,
         max_batch_items: int = 256,
+        chunk_items: int = 4,
         on_batch: BatchObserver | None = None,
         weights_check: WeightsCheck | None = None,
     ) -> None:
+        configure_model_threads()
+        self._chunk_items = chunk_items
         self._on_batch = on_batch
         self._weights_check = weights_check
         self._registry = registry
@@ -171,7 +282,9 @@ class EmbeddingService:
         with self._lock:
             runtime = self._runtimes.get(spec.slug)
             if runtime is None:
-                runtime = ModelRuntime(spec, self._loader, self._on_batch)
+                runtime = ModelRuntime(
+                    spec, self._loader, self._on_batch, chunk_items=self._chunk_items
+                )
                 self._runtimes[spec.slug] = runtime
             return runtime
 
@@ -219,7 +332,9 @@ class EmbeddingService:
         while True:
             batch = [await lane.queue.get()]
             size = len(batch[0].inputs)
-            deadline = time.monotonic() + self._batch_wait_s
+            # Wait for company only where requests have lately come together.
+            wait = self._batch_wait_s if lane.last_requests > 1 else 0.0
+            deadline = time.monotonic() + wait
             while size < self._max_batch_items:
                 try:
                     request = lane.queue.get_nowait()
@@ -233,6 +348,7 @@ class EmbeddingService:
                         break
                 batch.append(request)
                 size += len(request.inputs)
+            lane.last_requests = len(batch)
             live = [r for r in batch if not r.future.done()]
             if not live:
                 continue

