@@ -175,6 +175,30 @@ def cmd_wallet_topup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_optimize(args: argparse.Namespace) -> int:
+    """Compact the embedded store's collections; the service must be stopped (it holds the
+    store, and optimize() would stop every request while it runs)."""
+    import time
+
+    from vectorsvc.vectorstore import VectorStoreError
+    from vectorsvc.vectorstore.edge import EdgeVectorStore
+
+    settings = _settings(args)
+    if settings.qdrant_url:
+        raise ServiceError("a Qdrant server optimizes its own segments; this is for Qdrant Edge")
+    try:
+        store = EdgeVectorStore(settings.vectors_dir)
+    except VectorStoreError as exc:
+        raise ServiceError(f"{exc}: stop the service first", code="store_busy") from exc
+    with store:
+        for name in store.list_collections():
+            started = time.perf_counter()
+            changed = store.optimize(name)
+            done = "compacted" if changed else "already compact"
+            print(f"{name}: {done} in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vectorsvc", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -213,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     w_topup.add_argument("--credits", required=True, help="e.g. 100 or 12.5")
     w_topup.add_argument("--note", default="", help="recorded in the ledger")
     w_topup.set_defaults(func=cmd_wallet_topup)
+
+    store = sub.add_parser("store", help="maintain the embedded vector store (Qdrant Edge)")
+    store_sub = store.add_subparsers(dest="action", required=True)
+    s_optimize = store_sub.add_parser(
+        "optimize",
+        parents=[common],
+        help="compact collections to on-disk segments (offline: stop the service first)",
+    )
+    s_optimize.set_defaults(func=cmd_store_optimize)
 
     users = sub.add_parser("users", help="manage users who sign in to the web page")
     users_sub = users.add_subparsers(dest="action", required=True)

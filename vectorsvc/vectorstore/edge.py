@@ -11,9 +11,16 @@ Edge has no collections and no aliases, so this module supplies both:
                                  ensure_collection (a shard dir without it is an orphan)
         shard/                   the Edge shard directory
 
-Upserts are durable when `update()` returns (Edge's WAL is on by default). `optimize()` is
-never called implicitly: it holds the GIL for tens of seconds, so only the explicit
-`optimize(collection)` method runs it, and the service calls that offline.
+Upserts are durable when `update()` returns (Edge's WAL is on by default).
+
+Index maintenance never runs in the service. Every search is exact: the HNSW graph is
+switched off (m=0, payload_m=0), and a scope is found through the tenant keyword index, so
+a search reads only its scope's vectors (1,000 of 1M points: under 1 ms). `optimize()`
+holds the GIL (the whole process stops) for as long as it runs, so only the explicit
+`optimize(collection)` runs it, offline (`vectorsvc store optimize`, service stopped): it
+moves points from the appendable segment, which lives in RAM, into on-disk segments
+(vectors, payloads and id tracker `Memory.Cold`: paged in on demand), which is what keeps
+resident memory at 1M points under 2.5 GB. See README, "Performance".
 """
 
 from __future__ import annotations
@@ -257,8 +264,16 @@ class EdgeVectorStore:
         self.close()
 
     def optimize(self, collection: str) -> bool:
-        """Merge/index segments. Blocks (and holds the GIL) for a long time: offline only."""
-        return bool(self._shard(self._resolve(collection)).optimize())
+        """Compact the appendable segment into on-disk segments (no graph is built).
+
+        Blocks and holds the GIL: seconds per 100k points. Offline only (service stopped).
+        """
+        name = self._resolve(collection)
+        shard = self._shard(name)
+        with self._write_lock(name):
+            optimized = bool(shard.optimize())
+            shard.flush()
+        return optimized
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -281,10 +296,19 @@ class EdgeVectorStore:
     def _edge_config(self, spec: CollectionSpec) -> qe.EdgeConfig:
         # Edge needs the vectors declared on create AND on load (EdgeConfig() without
         # vectors is rejected); on load it also validates them against the segments.
+        # No graph (m=0): every search is exact, and optimize() only compacts. Optimized
+        # segments keep vectors, payloads and ids on disk, paged in on demand (Cold).
         return qe.EdgeConfig(
             vectors={
-                DENSE_VECTOR: qe.EdgeVectorParams(size=spec.dimension, distance=qe.Distance.Cosine)
+                DENSE_VECTOR: qe.EdgeVectorParams(
+                    size=spec.dimension, distance=qe.Distance.Cosine, memory=qe.Memory.Cold
+                )
             },
+            hnsw_config=qe.HnswIndexConfig(
+                m=0, ef_construct=100, full_scan_threshold=10_000, payload_m=0
+            ),
+            payload_memory=qe.Memory.Cold,
+            id_tracker_memory=qe.Memory.Cold,
             max_search_threads=self._max_search_threads,
         )
 

@@ -1,0 +1,93 @@
+"""Qdrant Edge maintenance: offline compaction keeps every point and exact results, and the
+`vectorsvc store optimize` command refuses to run beside a service that holds the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qdrant_edge as qe
+
+from vectorsvc.cli import main
+from vectorsvc.config import Settings
+from vectorsvc.vectorstore.base import CollectionSpec, Filter, MatchValue, PointRecord
+from vectorsvc.vectorstore.edge import EdgeVectorStore
+from vectorsvc.vectorstore.filters import DENSE_VECTOR
+
+SPEC = CollectionSpec(name="docs", dimension=8, tenant_key="_tenant", keyword_fields=("id",))
+
+
+def _points(count: int, seed: int = 0) -> tuple[np.ndarray, list[PointRecord]]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, SPEC.dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    points = [
+        PointRecord(
+            id=f"00000000-0000-0000-0000-{i:012d}",
+            vector=vectors[i],
+            payload={"_tenant": f"t{i % 3}", "id": str(i)},
+        )
+        for i in range(count)
+    ]
+    return vectors, points
+
+
+def _exact_top(vectors: np.ndarray, query: np.ndarray, tenant: str, k: int) -> list[int]:
+    members = np.array([i for i in range(len(vectors)) if f"t{i % 3}" == tenant])
+    return members[np.argsort(-(vectors[members] @ query))[:k]].tolist()
+
+
+def test_optimize_keeps_points_and_exact_results(tmp_path: Path) -> None:
+    vectors, points = _points(3000)
+    tenant = Filter(must=(MatchValue(key="_tenant", value="t1"),))
+    query = vectors[7]
+    with EdgeVectorStore(tmp_path) as store:
+        store.ensure_collection(SPEC)
+        store.upsert("docs", points)
+        before = [
+            int(h.payload["id"]) for h in store.search("docs", query, filter=tenant, limit=10)
+        ]
+        store.optimize("docs")
+        after = [int(h.payload["id"]) for h in store.search("docs", query, filter=tenant, limit=10)]
+        assert store.count("docs", filter=Filter()) == 3000
+    assert before == after == _exact_top(vectors, query, "t1", 10)
+    with EdgeVectorStore(tmp_path) as store:  # reopens from the compacted segments
+        assert store.count("docs", filter=tenant) == 1000
+        store.upsert("docs", _points(3, seed=1)[1])  # writes go on after compaction
+        assert store.count("docs", filter=Filter()) == 3000
+
+
+def test_a_shard_made_with_the_old_config_opens_and_compacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards created before the no-graph, on-disk config still load (config is rewritten)."""
+
+    def old_config(self: EdgeVectorStore, spec: CollectionSpec) -> qe.EdgeConfig:
+        params = qe.EdgeVectorParams(size=spec.dimension, distance=qe.Distance.Cosine)
+        return qe.EdgeConfig(vectors={DENSE_VECTOR: params})
+
+    vectors, points = _points(300)
+    with monkeypatch.context() as patch:
+        patch.setattr(EdgeVectorStore, "_edge_config", old_config)
+        with EdgeVectorStore(tmp_path) as store:
+            store.ensure_collection(SPEC)
+            store.upsert("docs", points)
+    with EdgeVectorStore(tmp_path) as store:
+        store.optimize("docs")
+        hits = store.search("docs", vectors[0], filter=Filter(), limit=1)
+        assert hits[0].payload["id"] == "0"
+        assert store.count("docs", filter=Filter()) == 300
+
+
+def test_store_optimize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data)
+    with EdgeVectorStore(settings.vectors_dir) as store:
+        store.ensure_collection(SPEC)
+        store.upsert("docs", _points(50)[1])
+        # While something holds the store (the service), the command refuses.
+        assert main(["store", "optimize", "--data-dir", str(data)]) == 2
+        assert "stop the service first" in capsys.readouterr().err
+    assert main(["store", "optimize", "--data-dir", str(data)]) == 0
+    assert "docs:" in capsys.readouterr().out
