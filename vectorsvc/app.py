@@ -48,6 +48,7 @@ def build_state(
         data_dir=settings.vectors_dir,
         qdrant_url=settings.qdrant_url,
         qdrant_api_key=settings.qdrant_api_key,
+        vector_datatype=settings.vector_datatype,
     )
     embedder_settings = EmbedderSettings(
         models_dir=str(settings.resolved_models_dir),

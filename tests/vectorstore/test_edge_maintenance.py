@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,24 @@ def test_a_shard_made_with_the_old_config_opens_and_compacts(
         hits = store.search("docs", vectors[0], filter=Filter(), limit=1)
         assert hits[0].payload["id"] == "0"
         assert store.count("docs", filter=Filter()) == 300
+
+
+def test_float16_collections_keep_their_datatype_and_exact_order(tmp_path: Path) -> None:
+    vectors, points = _points(3000)
+    tenant = Filter(must=(MatchValue(key="_tenant", value="t2"),))
+    with EdgeVectorStore(tmp_path, vector_datatype="float16") as store:
+        store.ensure_collection(SPEC)
+        store.upsert("docs", points)
+    spec = json.loads((tmp_path / "collections" / "docs" / "spec.json").read_text())
+    assert spec["extra"]["vector_datatype"] == "float16"
+    with EdgeVectorStore(tmp_path) as store:  # a float32 default does not change it
+        store.ensure_collection(SPEC)
+        for optimized in (False, True):
+            hits = store.search("docs", vectors[5], filter=tenant, limit=10)
+            assert [int(h.payload["id"]) for h in hits] == _exact_top(vectors, vectors[5], "t2", 10)
+            assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+            if not optimized:
+                store.optimize("docs")
 
 
 def test_store_optimize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

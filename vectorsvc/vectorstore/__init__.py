@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from vectorsvc.vectorstore.base import (
     CollectionNotFound,
@@ -45,14 +46,18 @@ __all__ = [
 
 
 def open_vector_store(
-    *, data_dir: Path, qdrant_url: str | None, qdrant_api_key: str | None
+    *,
+    data_dir: Path,
+    qdrant_url: str | None,
+    qdrant_api_key: str | None,
+    vector_datatype: Literal["float32", "float16"] = "float32",
 ) -> VectorStore:
     """Edge (in-process, rooted at `data_dir`) when no URL is configured, else a remote
     Qdrant. Backends are imported here so the unused one's library is never loaded."""
     if not qdrant_url:  # None or "" (an unset env var) both mean "no server"
         from vectorsvc.vectorstore.edge import EdgeVectorStore
 
-        return EdgeVectorStore(Path(data_dir))
+        return EdgeVectorStore(Path(data_dir), vector_datatype=vector_datatype)
     from vectorsvc.vectorstore.remote import RemoteVectorStore
 
     return RemoteVectorStore.from_url(qdrant_url, api_key=qdrant_api_key)

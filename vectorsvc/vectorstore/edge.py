@@ -34,9 +34,10 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import qdrant_edge as qe
@@ -72,6 +73,9 @@ _SPEC_FILE = "spec.json"
 _SHARD_DIR = "shard"
 _ALIASES_FILE = "aliases.json"
 _LOCK_FILE = ".lock"
+# Stored in spec.json `extra` when a collection is created; absent means float32.
+_DATATYPE_KEY = "vector_datatype"
+VectorDatatype = Literal["float32", "float16"]
 
 
 def _check_name(name: str, what: str = "collection") -> str:
@@ -204,8 +208,18 @@ class EdgeVectorStore:
 
     backend_name = "edge"
 
-    def __init__(self, root: Path, *, max_search_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_search_threads: int | None = None,
+        vector_datatype: VectorDatatype = "float32",
+    ) -> None:
+        """`vector_datatype` applies to collections created from now on; each collection
+        keeps the one it was created with. float16 halves vector memory (cosine to the
+        float32 vector >= 0.99999)."""
         self._root = Path(root)
+        self._vector_datatype = vector_datatype
         self._collections_dir = self._root / "collections"
         self._aliases_path = self._root / _ALIASES_FILE
         self._max_search_threads = max_search_threads
@@ -298,10 +312,14 @@ class EdgeVectorStore:
         # vectors is rejected); on load it also validates them against the segments.
         # No graph (m=0): every search is exact, and optimize() only compacts. Optimized
         # segments keep vectors, payloads and ids on disk, paged in on demand (Cold).
+        half = spec.extra.get(_DATATYPE_KEY) == "float16"
         return qe.EdgeConfig(
             vectors={
                 DENSE_VECTOR: qe.EdgeVectorParams(
-                    size=spec.dimension, distance=qe.Distance.Cosine, memory=qe.Memory.Cold
+                    size=spec.dimension,
+                    distance=qe.Distance.Cosine,
+                    memory=qe.Memory.Cold,
+                    datatype=qe.VectorStorageDatatype.Float16 if half else None,
                 )
             },
             hnsw_config=qe.HnswIndexConfig(
@@ -372,6 +390,8 @@ class EdgeVectorStore:
                 # returned, so it cannot hold acknowledged data.
                 if shard_dir.exists():
                     shutil.rmtree(shard_dir)
+                datatype = spec.extra.get(_DATATYPE_KEY, self._vector_datatype)
+                spec = replace(spec, extra={**spec.extra, _DATATYPE_KEY: datatype})
                 coll_dir.mkdir(parents=True, exist_ok=True)
                 shard = qe.EdgeShard.create(str(shard_dir), self._edge_config(spec))
                 try:
