@@ -19,9 +19,9 @@ a search reads only its scope's vectors (1,000 of 1M points: under 1 ms). `optim
 holds the GIL (the whole process stops) for as long as it runs, so only the explicit
 `optimize(collection)` runs it, offline (`vectorsvc store optimize`, service stopped): it
 moves points from the appendable segment, which lives in RAM with its payloads, into
-compacted segments whose payloads and id tracker stay on disk (`Memory.Cold`) and whose
-vectors (float16 in the service: VECTORSVC_VECTOR_DATATYPE) are mapped from the page cache. That
-and float16 keep resident memory at 1M points under 2.5 GB. See README, "Performance".
+compacted segments whose vectors, payloads and id tracker stay on disk, paged in on demand
+(`Memory.Cold`). That and float16 vectors (the service's VECTORSVC_VECTOR_DATATYPE) keep
+resident memory at 1M points under 2.5 GB. See README, "Performance".
 """
 
 from __future__ import annotations
@@ -312,16 +312,17 @@ class EdgeVectorStore:
         # Edge needs the vectors declared on create AND on load (EdgeConfig() without
         # vectors is rejected); on load it also validates them against the segments.
         # No graph (m=0): every search is exact, and optimize() only compacts. Compacted
-        # segments keep vectors in the page cache, loaded at open (Cached: a Cold scope's
-        # first search page-faulted its vectors in, 4.3 ms p50 at 1M), and payloads and
-        # ids on disk, paged in on demand (Cold: a search reads 10 payloads).
+        # segments keep vectors, payloads and ids on disk, paged in on demand (Cold). At 1M
+        # points Cached vectors made the service 2.7 GB resident, Cold 1.9 GB; the price is
+        # a page fault per vector page on a scope's first search (raw store p50 4.3 ms
+        # right after compaction, under 1 ms once warm).
         half = spec.extra.get(_DATATYPE_KEY) == "float16"
         return qe.EdgeConfig(
             vectors={
                 DENSE_VECTOR: qe.EdgeVectorParams(
                     size=spec.dimension,
                     distance=qe.Distance.Cosine,
-                    memory=qe.Memory.Cached,
+                    memory=qe.Memory.Cold,
                     datatype=qe.VectorStorageDatatype.Float16 if half else None,
                 )
             },
