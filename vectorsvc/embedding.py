@@ -121,12 +121,6 @@ def _text_length(item: Any) -> int:
     return len(item) if isinstance(item, str) else 0
 
 
-@dataclass(frozen=True)
-class BatchStats:
-    calls: int
-    items: int
-
-
 class ModelRuntime:
     """One model: its weights (loaded on first use) and its worker thread, which takes
     queued model calls by priority (queries first) and then in arrival order."""
@@ -151,8 +145,6 @@ class ModelRuntime:
         self._load_lock = threading.Lock()
         self._embedder: Embedder | None = None
         self.unavailable: WeightsUnavailable | None = None
-        self.calls = 0
-        self.items = 0
 
     def load(self) -> Embedder:
         with self._load_lock:
@@ -181,8 +173,6 @@ class ModelRuntime:
     def run(self, kind: InputKind, inputs: Sequence[Any]) -> Embeddings:
         """Blocking model call; runs on this model's worker thread."""
         embedder = self.load()
-        self.calls += 1
-        self.items += len(inputs)
         started = time.perf_counter()
         if kind == "document":
             vectors = embedder.embed_texts(inputs)
@@ -368,9 +358,6 @@ class EmbeddingService:
                 if not r.future.done():
                     r.future.set_result(vectors[start:end])
                 start = end
-
-    def stats(self) -> dict[str, BatchStats]:
-        return {s: BatchStats(calls=r.calls, items=r.items) for s, r in self._runtimes.items()}
 
     def availability(self, spec: ModelSpec) -> WeightsUnavailable | None:
         """Why `spec` cannot run here, or None; never loads weights (file checks only)."""

@@ -93,10 +93,6 @@ def resolve(*, workspace_id: str, model: ModelSpec, scope: str) -> Namespace:
     )
 
 
-def workspace_filter(workspace_id: str) -> Filter:
-    return Filter(must=(MatchValue(key=WORKSPACE_FIELD, value=workspace_id),))
-
-
 def collection_spec(model: ModelSpec) -> CollectionSpec:
     return CollectionSpec(
         name=collection_name(model),

@@ -12,7 +12,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vectorsvc.db.models import ApiKey, Workspace
@@ -72,7 +71,3 @@ def revoke_api_key(session: Session, *, key_id: str) -> ApiKey:
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
     return row
-
-
-def list_api_keys(session: Session, *, workspace_id: str) -> list[ApiKey]:
-    return list(session.scalars(select(ApiKey).where(ApiKey.workspace_id == workspace_id)))

@@ -1,7 +1,7 @@
 """The seam for browser access tokens (`Authorization: Bearer <access_token>`).
 
-Sign-in issues tokens; this module only defines how the auth dependency asks whether a
-bearer token is a live access token. Until sign-in exists, no token verifies.
+Sign-in (`vectorsvc.accounts`) issues tokens; this module only defines how the auth
+dependency asks whether a bearer token is a live access token.
 """
 
 from __future__ import annotations
@@ -23,13 +23,3 @@ class AccessTokenVerifier(Protocol):
 
     def looks_like_access_token(self, token: str) -> bool:
         """Whether `token` has the shape of an access token (for precise error messages)."""
-
-
-class NoAccessTokens:
-    """Verifier used where sign-in is not configured: nothing verifies."""
-
-    def verify(self, token: str) -> TokenIdentity | None:
-        return None
-
-    def looks_like_access_token(self, token: str) -> bool:
-        return False

@@ -33,7 +33,6 @@ from vectorsvc.models.pricing import Usage, format_credits
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.namespaces import Namespace
 from vectorsvc.runs.content import (
-    Content,
     ImageContent,
     Prepared,
     check_content,
@@ -53,7 +52,6 @@ from vectorsvc.runs.service import (
     build_points,
     item_contents,
     modality_of,
-    new_run_id,
     plan_index,
     run_context,
 )
@@ -456,6 +454,3 @@ def _failure(index: int, item_id: object, code: str, message: str) -> dict[str, 
         "code": code,
         "message": message,
     }
-
-
-__all__ = ["BackgroundRuns", "Content", "new_run_id", "status_public"]
