@@ -7,6 +7,7 @@ relevance, and say so in their names.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ async def test_thumbnails_of_hits_are_for_the_owner_only(
     r = await service.client.get(url, headers={"X-API-Key": api_key})
     assert r.status_code == 200
     assert r.headers["content-type"] == "image/jpeg"
-    assert max(Image.open(__import__("io").BytesIO(r.content)).size) <= 256
+    assert max(Image.open(io.BytesIO(r.content)).size) <= 256
     other = service.new_key("intruder")
     r = await service.client.get(url, headers={"X-API-Key": other})
     assert r.status_code == 404
