@@ -12,7 +12,10 @@ from fastapi import FastAPI
 from vectorsvc import __version__
 from vectorsvc.accounts.endpoints import router as accounts_router
 from vectorsvc.accounts.service import SessionAccessTokens
+from vectorsvc.auth.keys import ApiKeyCache
 from vectorsvc.billing.endpoints import router as billing_router
+from vectorsvc.billing.funds import Funds
+from vectorsvc.billing.service import opening_micro_credits
 from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
@@ -74,6 +77,12 @@ def build_state(
         media=MediaService.from_settings(settings, db),
         rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
         write_locks=WorkspaceLocks(),
+        funds=Funds(
+            db,
+            opening_micro_credits=opening_micro_credits(settings),
+            flush_interval_s=settings.charge_flush_ms / 1000.0,
+        ),
+        api_keys=ApiKeyCache(ttl_s=settings.api_key_cache_s),
     )
 
 
@@ -92,10 +101,12 @@ def create_app(
         await anyio.to_thread.run_sync(state.embeddings.preload, settings.preload_model_slugs)
         logger.info("vectorsvc ready: store=%s", state.store.backend_name)
         app.state.background_runs.start()
+        state.funds.start()
         try:
             yield
         finally:
             await app.state.background_runs.stop()
+            await state.funds.aclose()
             await state.embeddings.aclose()
             await anyio.to_thread.run_sync(state.store.close)
             state.db.close()

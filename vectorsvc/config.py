@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # Vector precision in the embedded store, for collections created from now on: float16
     # halves vector memory (1M 384-d points: 0.77 GB, not 1.5), cosine to float32 >= 0.99999.
     vector_datatype: Literal["float32", "float16"] = "float16"
+    # Query charges (search, execute) are written in batches after the response, this often;
+    # their funds are reserved in memory first. See README, "Billing".
+    charge_flush_ms: float = Field(default=20.0, ge=0, le=10_000)
+    # How long a verified API key is remembered in memory: `vectorsvc keys revoke` (another
+    # process) takes effect within this. 0 checks the database on every request.
+    api_key_cache_s: float = Field(default=5.0, ge=0, le=3600)
     # Per-credential token bucket (0 disables): sustained requests per minute, and burst.
     rate_limit_per_minute: int = Field(default=1200, ge=0)
     rate_limit_burst: int = Field(default=200, ge=1)

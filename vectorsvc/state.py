@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from vectorsvc.auth.keys import ApiKeyCache
 from vectorsvc.auth.tokens import AccessTokenVerifier
+from vectorsvc.billing.funds import Funds
 from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
@@ -33,6 +35,8 @@ class AppState:
     media: MediaService
     rate_limiter: RateLimiter
     write_locks: WorkspaceLocks
+    funds: Funds
+    api_keys: ApiKeyCache
 
 
 def get_state(request: Request) -> AppState:

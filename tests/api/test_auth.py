@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
 import pytest
 
-from tests.conftest import Service
+from embedders.base import Embedder
+from tests.conftest import Service, make_settings, running_service
+from vectorsvc.models.registry import ModelSpec
 from vectorsvc.auth.keys import revoke_api_key
 
 pytestmark = pytest.mark.anyio
@@ -57,15 +63,51 @@ async def test_unknown_bearer_token_and_wrong_scheme(service: Service) -> None:
     assert r.json()["error"]["code"] == "invalid_authorization"
 
 
-async def test_valid_key_works_and_revoked_key_stops(service: Service, api_key: str) -> None:
-    r = await service.run(api_key, RUN)
-    assert r.status_code == 200, r.text
-    key_id = api_key.removeprefix("vsk_")[:16]
-    with service.db.session() as session:
-        revoke_api_key(session, key_id=key_id)
-    r = await service.run(api_key, RUN)
+async def test_valid_key_works_and_revoked_key_stops(
+    tmp_path: Path, models_dir: Path, embedder_loader: Callable[[ModelSpec], Embedder]
+) -> None:
+    # A verified key is remembered for api_key_cache_s; a revocation by another process
+    # (`vectorsvc keys revoke` writes the database) takes effect within that.
+    settings = make_settings(tmp_path / "data", models_dir, api_key_cache_s=0.5)
+    async with running_service(settings, embedder_loader) as service:
+        api_key = service.new_key("acme")
+        r = await service.run(api_key, RUN)
+        assert r.status_code == 200, r.text
+        key_id = api_key.removeprefix("vsk_")[:16]
+        with service.db.session() as session:
+            revoke_api_key(session, key_id=key_id)
+        assert (await service.run(api_key, RUN)).status_code == 200  # still remembered
+        await anyio.sleep(0.6)
+        r = await service.run(api_key, RUN)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_with_the_key_cache_off_a_revocation_is_immediate(
+    tmp_path: Path, models_dir: Path, embedder_loader: Callable[[ModelSpec], Embedder]
+) -> None:
+    settings = make_settings(tmp_path / "data", models_dir, api_key_cache_s=0)
+    async with running_service(settings, embedder_loader) as service:
+        api_key = service.new_key("acme")
+        assert (await service.run(api_key, RUN)).status_code == 200
+        with service.db.session() as session:
+            revoke_api_key(session, key_id=api_key.removeprefix("vsk_")[:16])
+        r = await service.run(api_key, RUN)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_a_remembered_key_never_lets_a_forged_secret_in(
+    service: Service, api_key: str
+) -> None:
+    # The cache is keyed by the whole presented key: the right key id with a wrong secret
+    # is checked against the database and refused, even while the real key is remembered.
+    assert (await service.run(api_key, RUN)).status_code == 200
+    forged = api_key[:-4] + ("AAAA" if not api_key.endswith("AAAA") else "BBBB")
+    r = await service.run(forged, RUN)
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "invalid_api_key"
+    assert (await service.run(api_key, RUN)).status_code == 200
 
 
 async def test_keys_are_stored_hashed(service: Service, api_key: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select, text
@@ -104,6 +105,43 @@ def test_a_run_is_charged_at_most_once(db: Database, workspace_id: str, minilm: 
     assert again.cost == 1400 and again.balance_after == 8600
     assert usage_cost(db, workspace_id) == 1400
     assert_ledger_consistent(db, workspace_id)
+
+
+def test_a_batch_of_charges_is_exact_and_idempotent(
+    db: Database, workspace_id: str, minilm: ModelSpec
+) -> None:
+    billing.top_up(db, workspace_id=workspace_id, micro_credits=10_000)
+    searches = [pending(workspace_id, f"run_{i}", minilm) for i in range(5)]
+    result = billing.charge_batch(db, searches)
+    assert result.balances == {workspace_id: 10_000 - 500} and result.unpaid == []
+    again = billing.charge_batch(db, searches[:2])  # already charged: nothing more
+    assert again.unpaid == [] and usage_cost(db, workspace_id) == 500
+    assert [e.kind for e in ledger(db, workspace_id)] == ["topup"] + ["debit"] * 5
+    assert_ledger_consistent(db, workspace_id)
+
+
+def test_a_batch_the_balance_no_longer_covers_is_charged_as_far_as_it_goes(
+    db: Database, workspace_id: str, minilm: ModelSpec
+) -> None:
+    # Another process spent the funds this one had reserved: 250 left for five searches.
+    billing.top_up(db, workspace_id=workspace_id, micro_credits=250)
+    searches = [pending(workspace_id, f"run_{i}", minilm) for i in range(5)]
+    result = billing.charge_batch(db, searches)
+    assert [p.run_id for p in result.unpaid] == ["run_2", "run_3", "run_4"]
+    assert result.balances == {workspace_id: 50}
+    assert usage_cost(db, workspace_id) == 200  # the unpaid runs keep no usage record
+    assert_ledger_consistent(db, workspace_id)
+
+
+def pending(workspace_id: str, run_id: str, spec: ModelSpec) -> billing.PendingCharge:
+    return billing.PendingCharge(
+        workspace_id=workspace_id,
+        run_id=run_id,
+        spec=spec,
+        mode="search",
+        units=Usage(queries=1),
+        created_at=datetime.now(UTC),
+    )
 
 
 def test_insufficient_funds_writes_nothing(

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import Depends, Header, Request
 
-from vectorsvc.auth.keys import looks_like_api_key, verify_api_key
+from vectorsvc.auth.keys import VerifiedKey, looks_like_api_key, verify_api_key
 from vectorsvc.db.models import Workspace
 from vectorsvc.errors import Unauthenticated
 from vectorsvc.state import AppState, get_state
@@ -25,15 +26,35 @@ class Caller:
     principal_id: str  # API key id or user id
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Caller:
-    """Who is calling, then the per-credential rate limit (429 with Retry-After)."""
-    caller = identify_caller(request, x_api_key, authorization)
-    get_state(request).rate_limiter.check(f"{caller.via}:{caller.principal_id}")
+    """Who is calling, then the per-credential rate limit (429 with Retry-After).
+
+    A key verified lately answers from memory (`ApiKeyCache`); anything else reads the
+    database on a worker thread."""
+    state = get_state(request)
+    caller = _cached_key_caller(state, x_api_key) if authorization is None else None
+    if caller is None:
+        caller = await anyio.to_thread.run_sync(identify_caller, request, x_api_key, authorization)
+    state.rate_limiter.check(f"{caller.via}:{caller.principal_id}")
     return caller
+
+
+def _cached_key_caller(state: AppState, x_api_key: str | None) -> Caller | None:
+    if x_api_key is None:
+        return None
+    key = state.api_keys.get(x_api_key.strip())
+    if key is None:
+        return None
+    return Caller(
+        workspace_id=key.workspace_id,
+        workspace_name=key.workspace_name,
+        via="api_key",
+        principal_id=key.key_id,
+    )
 
 
 def identify_caller(request: Request, x_api_key: str | None, authorization: str | None) -> Caller:
@@ -79,6 +100,12 @@ def identify_caller(request: Request, x_api_key: str | None, authorization: str 
                     code="invalid_api_key",
                     field="X-API-Key",
                 )
+            state.api_keys.put(
+                key,
+                VerifiedKey(
+                    key_id=row.id, workspace_id=workspace.id, workspace_name=workspace.name
+                ),
+            )
             return Caller(
                 workspace_id=workspace.id,
                 workspace_name=workspace.name,

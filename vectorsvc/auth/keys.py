@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -71,3 +74,58 @@ def revoke_api_key(session: Session, *, key_id: str) -> ApiKey:
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
     return row
+
+
+@dataclass(frozen=True)
+class VerifiedKey:
+    key_id: str
+    workspace_id: str
+    workspace_name: str
+
+
+class ApiKeyCache:
+    """Keys verified lately, so a request needs no database read to authenticate.
+
+    Entries are keyed by a SHA-256 of the whole presented key (never the key itself) and
+    live `ttl_s` seconds: a key revoked by another process (`vectorsvc keys revoke`) stops
+    working within that. Only successes are remembered; `ttl_s=0` turns the cache off.
+    """
+
+    def __init__(self, *, ttl_s: float, max_entries: int = 10_000) -> None:
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[VerifiedKey, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _digest(plaintext: str) -> str:
+        return hashlib.sha256(plaintext.encode()).hexdigest()
+
+    def get(self, plaintext: str) -> VerifiedKey | None:
+        if self._ttl_s <= 0:
+            return None
+        digest = self._digest(plaintext)
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if time.monotonic() >= entry[1]:
+                del self._entries[digest]
+                return None
+            return entry[0]
+
+    def put(self, plaintext: str, key: VerifiedKey) -> None:
+        if self._ttl_s <= 0:
+            return
+        digest = self._digest(plaintext)
+        with self._lock:
+            self._entries[digest] = (key, time.monotonic() + self._ttl_s)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key at once (a revocation seen by this process)."""
+        with self._lock:
+            for digest in [d for d, (k, _) in self._entries.items() if k.key_id == key_id]:
+                del self._entries[digest]

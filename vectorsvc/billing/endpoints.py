@@ -19,6 +19,7 @@ router = APIRouter(prefix="/api/billing", tags=["billing"])
 
 @router.get("/wallet", response_model=WalletPublic, summary="The workspace's wallet")
 async def get_wallet(caller: CurrentCaller, state: StateDep) -> WalletPublic:
+    await state.funds.flush()  # query charges are written in batches: include them
     wallet = await anyio.to_thread.run_sync(
         partial(
             service.get_wallet,
@@ -58,6 +59,7 @@ async def usage_summary(
     group_by: Annotated[str | None, Query(max_length=16, description="model, mode or day")] = None,
 ) -> UsageSummaryPublic:
     query = service.parse_summary_query(start=start, end=end, group_by=group_by)
+    await state.funds.flush()
     totals, groups = await anyio.to_thread.run_sync(
         partial(service.usage_summary, state.db, workspace_id=caller.workspace_id, query=query)
     )

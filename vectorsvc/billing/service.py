@@ -19,13 +19,13 @@ creates a workspace.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
-from sqlalchemy import ColumnElement, Label, SQLColumnExpression, func, select, update
+from sqlalchemy import ColumnElement, Label, SQLColumnExpression, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -95,12 +95,20 @@ def ensure_funds(
     balance in between."""
     if cost <= 0:
         return
+    balance = current_balance(
+        db, workspace_id=workspace_id, opening_micro_credits=opening_micro_credits
+    )
+    if balance < cost:
+        raise insufficient_funds(balance=balance, cost=cost)
+
+
+def current_balance(
+    db: Database | Session, *, workspace_id: str, opening_micro_credits: int = 0
+) -> int:
+    """The wallet's balance (micro-credits); the opening credits if it has not opened yet."""
     with _transaction(db) as session:
         balance = session.scalar(select(Wallet.balance).where(Wallet.workspace_id == workspace_id))
-    if balance is None:
-        balance = opening_micro_credits
-    if balance < cost:
-        raise _insufficient(balance=balance, cost=cost)
+    return opening_micro_credits if balance is None else int(balance)
 
 
 def charge(
@@ -120,47 +128,101 @@ def charge(
     caller must roll back. Raises `InsufficientFunds` (402) when the balance no longer covers
     the cost, and then nothing is written.
     """
-    price = price_of(spec, mode)
-    cost = price.micro_credits_per_unit * units.units(price.unit)
     now = datetime.now(UTC)
+    pending = PendingCharge(workspace_id, run_id, spec, mode, units, now)
+    cost = pending.cost
     with _transaction(db) as session:
         # Written first: the unique run_id is the idempotency key, and this write takes the lock.
-        record_id = session.execute(
-            _insert(session, UsageRecord)
-            .values(
-                workspace_id=workspace_id,
-                run_id=run_id,
-                model=spec.slug,
-                mode=mode,
-                items=units.items,
-                queries=units.queries,
-                requests=units.requests,
-                unit=price.unit,
-                unit_price=price.micro_credits_per_unit,
-                cost=cost,
-                created_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["run_id"])
-            .returning(UsageRecord.id)
-        ).scalar_one_or_none()
-        if record_id is None:
+        if _record_usage(session, pending) is None:
             return _already_charged(session, workspace_id=workspace_id, run_id=run_id)
         balance, _ = _open_wallet(
             session, workspace_id=workspace_id, micro_credits=opening_micro_credits, now=now
         )
         if cost > 0:
-            debited = session.execute(
-                update(Wallet)
-                .where(Wallet.workspace_id == workspace_id, Wallet.balance >= cost)
-                .values(balance=Wallet.balance - cost, updated_at=now)
-                .returning(Wallet.balance)
-                .execution_options(synchronize_session=False)
-            ).scalar_one_or_none()
+            debited = _debit(session, workspace_id, cost, now)
             if debited is None:
-                raise _insufficient(balance=_balance(session, workspace_id), cost=cost)
+                raise insufficient_funds(balance=_balance(session, workspace_id), cost=cost)
             balance = debited
             _ledger(session, workspace_id, "debit", -cost, balance, now, run_id=run_id)
         return ChargeResult(run_id=run_id, cost=cost, balance_after=balance, charged=True)
+
+
+@dataclass(frozen=True)
+class PendingCharge:
+    """A run's charge whose funds are reserved in memory, written later in a batch."""
+
+    workspace_id: str
+    run_id: str
+    spec: ModelSpec
+    mode: str
+    units: Usage
+    created_at: datetime
+
+    @property
+    def cost(self) -> int:
+        return quote(self.spec, self.mode, self.units)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    balances: dict[str, int]  # workspace id -> balance after the batch (micro-credits)
+    unpaid: list[PendingCharge]  # could not be debited: the balance no longer covered them
+
+
+def charge_batch(
+    db: Database | Session, charges: Sequence[PendingCharge], *, opening_micro_credits: int = 0
+) -> BatchResult:
+    """Record and debit many runs' charges in one transaction (`charge`'s rules, batched).
+
+    Per workspace: one usage record and one ledger entry per run, one conditional debit of
+    their sum. Runs already charged are skipped. Where the balance no longer covers the sum
+    (only possible when another process spent reserved funds), the runs are debited one by
+    one while it lasts and the rest are returned as unpaid, their usage records not kept.
+    """
+    by_workspace: dict[str, list[PendingCharge]] = {}
+    for pending in charges:
+        by_workspace.setdefault(pending.workspace_id, []).append(pending)
+    balances: dict[str, int] = {}
+    unpaid: list[PendingCharge] = []
+    now = datetime.now(UTC)
+    with _transaction(db) as session:
+        for workspace_id, pending_runs in by_workspace.items():
+            recorded: list[tuple[PendingCharge, int]] = []
+            for pending in pending_runs:
+                record_id = _record_usage(session, pending)
+                if record_id is not None:
+                    recorded.append((pending, record_id))
+            balance, _ = _open_wallet(
+                session, workspace_id=workspace_id, micro_credits=opening_micro_credits, now=now
+            )
+            total = sum(p.cost for p, _ in recorded)
+            debited = _debit(session, workspace_id, total, now) if total > 0 else balance
+            if debited is not None:
+                balance = debited + total
+                paid = recorded
+            else:  # one by one, as far as the balance goes
+                paid = []
+                for pending, record_id in recorded:
+                    if pending.cost == 0 or _debit(session, workspace_id, pending.cost, now):
+                        paid.append((pending, record_id))
+                    else:
+                        session.execute(delete(UsageRecord).where(UsageRecord.id == record_id))
+                        unpaid.append(pending)
+                balance = _balance(session, workspace_id) + sum(p.cost for p, _ in paid)
+            for pending, _ in paid:
+                if pending.cost > 0:
+                    balance -= pending.cost
+                    _ledger(
+                        session,
+                        workspace_id,
+                        "debit",
+                        -pending.cost,
+                        balance,
+                        now,
+                        run_id=pending.run_id,
+                    )
+            balances[workspace_id] = balance
+    return BatchResult(balances=balances, unpaid=unpaid)
 
 
 def top_up(
@@ -328,6 +390,42 @@ def _open_wallet(
     return int(opened), True
 
 
+def _record_usage(session: Session, pending: PendingCharge) -> int | None:
+    """Insert the run's usage record; None when the run was already charged."""
+    price = price_of(pending.spec, pending.mode)
+    record_id = session.execute(
+        _insert(session, UsageRecord)
+        .values(
+            workspace_id=pending.workspace_id,
+            run_id=pending.run_id,
+            model=pending.spec.slug,
+            mode=pending.mode,
+            items=pending.units.items,
+            queries=pending.units.queries,
+            requests=pending.units.requests,
+            unit=price.unit,
+            unit_price=price.micro_credits_per_unit,
+            cost=pending.cost,
+            created_at=pending.created_at,
+        )
+        .on_conflict_do_nothing(index_elements=["run_id"])
+        .returning(UsageRecord.id)
+    ).scalar_one_or_none()
+    return None if record_id is None else int(record_id)
+
+
+def _debit(session: Session, workspace_id: str, cost: int, now: datetime) -> int | None:
+    """Take `cost` if the balance covers it: the balance after, else None (nothing taken)."""
+    debited = session.execute(
+        update(Wallet)
+        .where(Wallet.workspace_id == workspace_id, Wallet.balance >= cost)
+        .values(balance=Wallet.balance - cost, updated_at=now)
+        .returning(Wallet.balance)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    return None if debited is None else int(debited)
+
+
 def _balance(session: Session, workspace_id: str) -> int:
     balance = session.scalar(select(Wallet.balance).where(Wallet.workspace_id == workspace_id))
     return int(balance or 0)
@@ -372,7 +470,7 @@ def _already_charged(session: Session, *, workspace_id: str, run_id: str) -> Cha
     )
 
 
-def _insufficient(*, balance: int, cost: int) -> InsufficientFunds:
+def insufficient_funds(*, balance: int, cost: int) -> InsufficientFunds:
     return InsufficientFunds(
         f"insufficient funds: this run costs {format_credits(cost)} credits and the wallet "
         f"holds {format_credits(balance)} credits; top up the workspace's wallet",

@@ -55,7 +55,7 @@ from vectorsvc.runs.service import (
     plan_index,
     run_context,
 )
-from vectorsvc.runs.writes import precheck_funds, write_and_charge
+from vectorsvc.runs.writes import write_and_charge
 from vectorsvc.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -161,15 +161,8 @@ class BackgroundRuns:
                 field="input.items",
                 code="too_many_items",
             )
-        await anyio.to_thread.run_sync(
-            partial(
-                precheck_funds,
-                state,
-                workspace_id=workspace_id,
-                model=ctx.model,
-                mode="index",
-                usage=Usage(items=len(raw_items)),
-            )
+        await state.funds.check(
+            workspace_id, quote(ctx.model, "index", Usage(items=len(raw_items)))
         )
         run_id = ctx.run_id
 

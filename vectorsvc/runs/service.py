@@ -8,7 +8,8 @@ wallet (`writes`).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -17,6 +18,8 @@ from typing import Any
 import anyio
 
 from vectorsvc import namespaces
+from vectorsvc.billing.funds import pending_charge
+from vectorsvc.billing.service import quote
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.knowledge_bases import catalog
 from vectorsvc.knowledge_bases.service import thumbnail_url
@@ -51,7 +54,6 @@ from vectorsvc.runs.schemas import RunRequest, RunResponse, RunUsage
 from vectorsvc.runs.writes import (
     charge_run,
     point_payload,
-    precheck_funds,
     stored_points,
     write_and_charge,
 )
@@ -153,20 +155,40 @@ def _check_count(ctx: RunContext, count: int, field: str) -> None:
 
 
 async def _precheck(ctx: RunContext, usage: Usage) -> None:
-    await anyio.to_thread.run_sync(
-        partial(
-            precheck_funds,
-            ctx.state,
+    """402 before any work when the wallet cannot cover `usage` (reserves nothing)."""
+    await ctx.state.funds.check(ctx.workspace_id, quote(ctx.model, ctx.request.mode, usage))
+
+
+@asynccontextmanager
+async def _paid_after(ctx: RunContext, usage: Usage) -> AsyncIterator[str]:
+    """Reserve the run's cost (402 if the wallet cannot cover it), do the work, then leave
+    the charge to the batched writer (`billing.funds`): it is off the request path. A run
+    that fails costs nothing. Yields the cost, as credits."""
+    funds = ctx.state.funds
+    reservation = await funds.reserve(ctx.workspace_id, quote(ctx.model, ctx.request.mode, usage))
+    try:
+        yield format_credits(reservation.cost)
+    except BaseException:
+        funds.release(reservation)
+        raise
+    funds.defer(
+        reservation,
+        pending_charge(
             workspace_id=ctx.workspace_id,
+            run_id=ctx.run_id,
             model=ctx.model,
             mode=ctx.request.mode,
             usage=usage,
-        )
+        ),
     )
 
 
 async def _charge(ctx: RunContext, usage: Usage) -> str:
-    cost = await anyio.to_thread.run_sync(
+    """Charge now, in the request (delete runs: their cost is known only afterwards)."""
+    funds = ctx.state.funds
+    reservation = await funds.reserve(ctx.workspace_id, quote(ctx.model, ctx.request.mode, usage))
+    cost = await funds.commit(
+        reservation,
         partial(
             charge_run,
             ctx.state,
@@ -175,7 +197,7 @@ async def _charge(ctx: RunContext, usage: Usage) -> str:
             model=ctx.model,
             mode=ctx.request.mode,
             usage=usage,
-        )
+        ),
     )
     return format_credits(cost)
 
@@ -195,15 +217,14 @@ async def _execute(ctx: RunContext) -> Output:
         contents = [ImageContent(_media(m), f"input.images[{i}]") for i, m in enumerate(images)]
     _check_count(ctx, len(contents), "input")
     usage = Usage(items=len(contents))
-    await _precheck(ctx, usage)
-    vectors = await embed_contents(
-        ctx.state,
-        model=ctx.model,
-        workspace_id=ctx.workspace_id,
-        contents=contents,
-        purpose="document",
-    )
-    cost = await _charge(ctx, usage)
+    async with _paid_after(ctx, usage) as cost:
+        vectors = await embed_contents(
+            ctx.state,
+            model=ctx.model,
+            workspace_id=ctx.workspace_id,
+            contents=contents,
+            purpose="document",
+        )
     return (
         {"embeddings": vectors.tolist(), "dimension": ctx.model.dimension},
         RunUsage(items=len(contents), cost=cost),
@@ -361,21 +382,19 @@ async def _search(ctx: RunContext) -> Output:
         if data.text is not None
         else ImageContent(_media(data.image), "input.image")
     )
-    usage = Usage(queries=1)
-    await _precheck(ctx, usage)
-    vector = (
-        await embed_contents(
-            ctx.state,
-            model=ctx.model,
-            workspace_id=ctx.workspace_id,
-            contents=[query],
-            purpose="query",
+    async with _paid_after(ctx, Usage(queries=1)) as cost:
+        vector = (
+            await embed_contents(
+                ctx.state,
+                model=ctx.model,
+                workspace_id=ctx.workspace_id,
+                contents=[query],
+                purpose="query",
+            )
+        )[0]
+        hits = await anyio.to_thread.run_sync(
+            partial(_query, ctx.state, ctx.model, ns, vector, flt, params.top_k)
         )
-    )[0]
-    hits = await anyio.to_thread.run_sync(
-        partial(_query, ctx.state, ctx.model, ns, vector, flt, params.top_k)
-    )
-    cost = await _charge(ctx, usage)
     return (
         {
             "hits": [

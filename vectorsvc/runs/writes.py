@@ -2,9 +2,9 @@
 
 - Dedupe: a point whose stored content hash equals the new one is skipped: not embedded,
   not written, not billed.
-- Charging: the funds check, the upsert and the charge run under a per-workspace lock, so a
-  concurrent run of the same workspace cannot spend the balance between the check and the
-  debit: a write is never left unpaid and a wallet never goes negative.
+- Charging: the funds are reserved (`billing.funds`), then the upsert and the charge run,
+  all under a per-workspace lock: no other run can spend the balance between the check and
+  the debit, so a write is never left unpaid and a wallet never goes negative.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import anyio
 from sqlalchemy.orm import Session
 
 from vectorsvc import namespaces
-from vectorsvc.billing.service import charge, ensure_funds, opening_micro_credits, quote
+from vectorsvc.billing.service import charge, opening_micro_credits, quote
 from vectorsvc.knowledge_bases import catalog
 from vectorsvc.models.pricing import Usage
 from vectorsvc.models.registry import ModelSpec
@@ -66,18 +66,6 @@ def stored_points(state: AppState, ns: Namespace, point_ids: Sequence[str]) -> d
             run_id=record.payload.get(RUN_FIELD),
         )
     return found
-
-
-def precheck_funds(
-    state: AppState, *, workspace_id: str, model: ModelSpec, mode: str, usage: Usage
-) -> None:
-    """402 `insufficient_funds` before any work when the balance cannot cover `usage`."""
-    ensure_funds(
-        state.db,
-        workspace_id=workspace_id,
-        cost=quote(model, mode, usage),
-        opening_micro_credits=opening_micro_credits(state.settings),
-    )
 
 
 def charge_run(
@@ -151,23 +139,20 @@ async def write_and_charge(
     stored (written, not yet charged).
     """
     usage = Usage(items=billable)
+    funds = state.funds
     async with state.write_locks.get(ns.workspace_id):
-        await anyio.to_thread.run_sync(
-            partial(
-                precheck_funds,
-                state,
-                workspace_id=ns.workspace_id,
-                model=model,
-                mode="index",
-                usage=usage,
-            )
-        )
+        reservation = await funds.reserve(ns.workspace_id, quote(model, "index", usage))
         created = 0
-        if points:
-            created = await anyio.to_thread.run_sync(
-                partial(_upsert, state, model, ns, points, modality)
-            )
-        cost = await anyio.to_thread.run_sync(
+        try:
+            if points:
+                created = await anyio.to_thread.run_sync(
+                    partial(_upsert, state, model, ns, points, modality)
+                )
+        except BaseException:
+            funds.release(reservation)
+            raise
+        cost = await funds.commit(
+            reservation,
             partial(
                 charge_run,
                 state,
@@ -177,7 +162,7 @@ async def write_and_charge(
                 mode="index",
                 usage=usage,
                 also=also,
-            )
+            ),
         )
     return WriteResult(created=created, cost=cost)
 
