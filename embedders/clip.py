@@ -9,6 +9,9 @@ raises `WeightsUnavailable` saying how to get them.
 `build_random_clip_folder` writes a randomly initialised CLIP with the real ViT-B/32
 configuration in the hub repo's folder layout: it exercises every step of loading and
 embedding offline, and says nothing about relevance.
+
+On CPU, `onednn=True` (the default) runs both towers' Linear layers through oneDNN rather than
+MKL (see `embedders._onednn`); `describe()["linear_kernels"]` says which.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class ClipConfig:
     device: str = "cpu"
     batch_size: int = 32
     allow_download: bool = True  # may fetch from the hub when no local copy exists
+    # On CPU: Linear layers through oneDNN (checked against MKL once at load, MKL kept if they
+    # differ or the op is missing).
+    onednn: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -117,6 +123,24 @@ class ClipEmbedder(Embedder):
             allow_download=self.config.allow_download,
             how_to_install=how_to_install(self.config.models_dir),
         )
+        from embedders._onednn import linear_kernels, use_onednn_linear  # imports torch
+
+        # One text and one image through both towers; the first call also settles the
+        # tokenizer's truncation/padding before any concurrent call could race it.
+        reference = self._probe()
+        if self.config.onednn:
+            use_onednn_linear(self._model, self._probe, reference=reference, name=self.name)
+        self.linear_kernels = linear_kernels(self._model)
+
+    def _probe(self) -> Any:
+        from PIL import Image as PILImage
+
+        image = PILImage.linear_gradient("L").convert("RGB")
+        texts = self._model.encode(
+            ["a photo of a dog"], show_progress_bar=False, convert_to_numpy=True
+        )
+        images = self._model.encode([image], show_progress_bar=False, convert_to_numpy=True)
+        return np.concatenate([texts, images])
 
     def embed_texts(self, texts: Sequence[str]) -> Embeddings:
         if isinstance(texts, str):
@@ -149,6 +173,7 @@ class ClipEmbedder(Embedder):
             "dimension": self.dimension,
             "device": self.config.device,
             "batch_size": self.config.batch_size,
+            "linear_kernels": self.linear_kernels,
         }
 
     def _encode(self, items: list[Any]) -> Embeddings:

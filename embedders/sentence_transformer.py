@@ -12,6 +12,16 @@ is exported once with `torch.onnx` to `<onnx_dir>/<name>-<digest>.onnx` and relo
 there. Vectors agree with torch to cosine >= 0.9999; single queries are several times faster
 on CPU. It needs `pip install onnxruntime onnx` (not sentence-transformers' `[onnx]` extra,
 whose optimum pins an older transformers).
+
+With the torch backend on CPU, `onednn=True` (the default) runs the model's Linear layers
+through oneDNN rather than MKL (see `embedders._onednn`): same vectors (cosine >= 0.99999),
+about 1.3x faster single queries and 1.9x the batch throughput on the AMD machines measured.
+`describe()["linear_kernels"]` says which kernels are in use.
+
+One embedder may be called from several threads at once: the model runs under
+`torch.inference_mode`, and the fast tokenizer's truncation and padding settings, which a
+first call changes from their load-time values, are set by one call in `__init__` so that
+concurrent calls never change them again.
 """
 
 from __future__ import annotations
@@ -63,6 +73,9 @@ class SentenceTransformerTextConfig:
     allow_download: bool = True  # may fetch from the hub when no local copy exists
     # Where backend="onnx" keeps its exported graph; default <models_dir>/onnx, else a temp dir.
     onnx_dir: str | None = None
+    # backend="torch" on CPU: Linear layers through oneDNN (checked against MKL once at load,
+    # MKL kept if they differ or the op is missing). Ignored by backend="onnx".
+    onednn: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -101,12 +114,29 @@ class SentenceTransformerTextEmbedder(Embedder):
             self._model, "encode_document", self._model.encode
         )
         self._onnx: _OnnxEncoder | None = None
+        self.linear_kernels: str
         if self.config.backend == "onnx":
+            # _OnnxEncoder tokenises once while loading: that call settles the tokenizer.
             self._onnx = _OnnxEncoder(self._model, _onnx_path(self.config, self._model))
             self._encode_query = partial(self._onnx.encode, prompt=_prompt(self._model, "query"))
             self._encode_document = partial(
                 self._onnx.encode, prompt=_prompt(self._model, "document")
             )
+            self.linear_kernels = "onnxruntime"
+        else:
+            from embedders._onednn import linear_kernels, use_onednn_linear  # imports torch
+
+            def probe() -> Any:  # raw model output: the check compares norms too
+                return self._encode_document(
+                    list(_PROBE_TEXTS), show_progress_bar=False, convert_to_numpy=True
+                )
+
+            # The first encode moves the fast tokenizer's truncation/padding off their load-time
+            # values; made here, before any concurrent call could race it ("Already borrowed").
+            reference = probe()
+            if self.config.onednn:
+                use_onednn_linear(self._model, probe, reference=reference, name=self.name)
+            self.linear_kernels = linear_kernels(self._model)
 
     def embed_texts(self, texts: Sequence[str]) -> Embeddings:
         return self._encode(self._encode_document, texts)
@@ -123,6 +153,7 @@ class SentenceTransformerTextEmbedder(Embedder):
             "device": self.config.device,
             "backend": self.config.backend,
             "batch_size": self.config.batch_size,
+            "linear_kernels": self.linear_kernels,
         }
 
     def _encode(self, encode: Callable[..., Any], texts: Sequence[str]) -> Embeddings:
@@ -136,6 +167,14 @@ class SentenceTransformerTextEmbedder(Embedder):
             convert_to_numpy=True,
         )
         return _checked(self.name, l2_normalise(raw), len(items), self.dimension)
+
+
+# Two lengths, so the probe pads; real words, so it exercises what queries do.
+_PROBE_TEXTS = (
+    "How do I bake bread at home?",
+    "Emperor penguins breed during the Antarctic winter, when the males keep the eggs warm "
+    "on their feet for about two months without eating.",
+)
 
 
 def _as_texts(embedder: str, texts: Sequence[str]) -> list[str]:

@@ -128,3 +128,30 @@ def test_clip_broken_folder_is_weights_unavailable(tmp_path: Path) -> None:
     (tmp_path / "clip-vit-b-32").mkdir()
     with pytest.raises(WeightsUnavailable, match="does not hold a loadable model"):
         create_embedder("clip", models_dir=str(tmp_path))
+
+
+def test_clip_onednn_linear_layers_give_the_mkl_vectors(
+    random_clip: ClipEmbedder, random_clip_folder: Path, photos: dict[str, Image.Image]
+) -> None:
+    """Random weights, but real arithmetic: both towers agree with MKL's Linear layers."""
+    from torch import nn
+
+    from embedders._onednn import OneDnnLinear, onednn_linear_available
+
+    if not onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear op")
+    assert random_clip.describe()["linear_kernels"] == "onednn"
+    mkl = create_embedder(
+        "clip", models_dir=str(random_clip_folder.parent), allow_download=False, onednn=False
+    )
+    assert mkl.describe()["linear_kernels"] == "mkl"
+    assert isinstance(mkl, ClipEmbedder)
+    assert not any(isinstance(m, OneDnnLinear) for m in mkl._model.modules())
+    assert any(type(m) is nn.Linear for m in mkl._model.modules())
+    texts = ["a photo of a cat", "a cup of coffee", "x " * 200]
+    images = [photos["chelsea"], photos["coffee"], photos["rocket"]]
+    for got, want in (
+        (random_clip.embed_texts(texts), mkl.embed_texts(texts)),
+        (random_clip.embed_images(images), mkl.embed_images(images)),
+    ):
+        assert float(np.min(np.sum(got * want, axis=1))) >= 0.99999
