@@ -51,8 +51,10 @@ class MissingDependency(ImportError):
 class Embedder(ABC):
     """Turns batches of texts or images into float32, L2-normalised vectors.
 
-    Implementations load their weights in `__init__` and are safe to call from one worker
-    thread at a time (the service serialises calls per model).
+    Implementations load their weights in `__init__` and must be safe to call from several
+    threads at once: the service runs up to `model_workers` calls of one model side by side
+    on one copy of the weights. Anything a first call changes (a tokenizer's padding and
+    truncation settings) is settled by a call in `__init__`.
     """
 
     name: str

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+import torch
 
 from embedders.base import Embedder, Embeddings, Modality
 from vectorsvc.embedding import EmbeddingService
@@ -32,11 +33,23 @@ class RecordingEmbedder(Embedder):
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.inside = 0  # calls in progress now
+        self.most_inside = 0
+        self.math_threads: list[int] = []
+        self._lock = threading.Lock()
 
     def _embed(self, kind: str, texts: Sequence[str]) -> Embeddings:
-        self.calls.append((kind, list(texts)))
+        with self._lock:
+            self.calls.append((kind, list(texts)))
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.math_threads.append(torch.get_num_threads())
         self.entered.set()
-        assert self.gate.wait(10)
+        try:
+            assert self.gate.wait(10)
+        finally:
+            with self._lock:
+                self.inside -= 1
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         out[:, 0] = [len(t) for t in texts]
         return out
@@ -56,12 +69,16 @@ def spec() -> ModelSpec:
     return ModelRegistry.from_file().get("all-minilm-l6-v2")
 
 
-def service(embedder: Embedder, batch_wait_ms: float = 1.0) -> EmbeddingService:
+def service(
+    embedder: Embedder, batch_wait_ms: float = 1.0, workers: int = 1, threads: int | None = None
+) -> EmbeddingService:
     return EmbeddingService(
         ModelRegistry.from_file(),
         loader=lambda _spec: embedder,
         batch_wait_ms=batch_wait_ms,
         chunk_items=4,
+        workers=workers,
+        threads_per_worker=threads,
     )
 
 
@@ -117,4 +134,43 @@ async def test_concurrent_queries_share_model_calls(spec: ModelSpec) -> None:
     results = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
     assert [r[0, 0] for r in results] == [5.0] + [float(len(f"q{i}")) for i in range(8)]
     assert [len(texts) for _, texts in embedder.calls] == [1, 8]
+    await embeddings.aclose()
+
+
+async def test_two_workers_run_two_model_calls_at_once(spec: ModelSpec) -> None:
+    embedder = RecordingEmbedder()
+    embeddings = service(embedder, workers=2, threads=1)
+    embedder.gate.clear()
+    documents = asyncio.create_task(
+        embeddings.embed(spec, "document", [f"doc {i}" for i in range(8)])  # two chunks
+    )
+    for _ in range(200):  # both chunks enter the model while the gate is shut
+        if embedder.inside == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert embedder.inside == 2
+    embedder.gate.set()
+    vectors = await asyncio.wait_for(documents, 10)
+    assert vectors[:, 0].tolist() == [5.0] * 8
+    # Each worker set its own math threads (torch keeps them per thread).
+    assert embedder.math_threads == [1, 1]
+    await embeddings.aclose()
+
+
+async def test_queued_queries_are_shared_between_free_workers(spec: ModelSpec) -> None:
+    embedder = RecordingEmbedder()
+    embeddings = service(embedder, workers=2)
+    embeddings.runtime(spec).load()  # no availability check: all eight queue at once
+    embedder.gate.clear()
+    # Eight queries arrive together while both workers are free: four each, not 8 and 0.
+    tasks = [asyncio.create_task(embeddings.embed(spec, "query", [f"q{i}"])) for i in range(8)]
+    for _ in range(200):
+        if embedder.inside == 2:
+            break
+        await asyncio.sleep(0.01)
+    embedder.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert [r[0, 0] for r in results] == [2.0] * 8
+    assert sorted(len(texts) for _, texts in embedder.calls) == [4, 4]
+    assert embedder.most_inside == 2
     await embeddings.aclose()

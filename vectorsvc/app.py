@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,7 +20,12 @@ from vectorsvc.billing.service import opening_micro_credits
 from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.embedding import EmbedderLoader, EmbedderSettings, EmbeddingService
+from vectorsvc.embedding import (
+    EmbedderLoader,
+    EmbedderSettings,
+    EmbeddingService,
+    model_parallelism,
+)
 from vectorsvc.errors import ERROR_RESPONSES, install_error_handlers
 from vectorsvc.health import router as health_router
 from vectorsvc.knowledge_bases.endpoints import router as knowledge_bases_router
@@ -53,14 +59,12 @@ def build_state(
         qdrant_api_key=settings.qdrant_api_key,
         vector_datatype=settings.vector_datatype,
     )
-    embedder_settings = EmbedderSettings(
-        models_dir=str(settings.resolved_models_dir),
-        batch_size=settings.embed_batch_size,
-        allow_downloads=settings.allow_model_downloads,
-        text_backend=settings.text_backend,
-    )
+    embedder_settings = EmbedderSettings.from_settings(settings)
+    workers, threads = model_parallelism(settings.model_workers, settings.model_threads)
     embeddings = EmbeddingService(
         registry,
+        workers=workers,
+        threads_per_worker=threads,
         loader=loader or embedder_settings.load,
         batch_wait_ms=settings.batch_wait_ms,
         on_batch=metrics.observe_batch if metrics else None,
@@ -99,6 +103,10 @@ def create_app(
         app.state.vectorsvc = state
         app.state.background_runs = BackgroundRuns(state)
         await anyio.to_thread.run_sync(state.embeddings.preload, settings.preload_model_slugs)
+        if settings.warm_store:
+            started = time.perf_counter()
+            await anyio.to_thread.run_sync(state.store.warm)
+            logger.info("vector store warmed in %.1fs", time.perf_counter() - started)
         logger.info("vectorsvc ready: store=%s", state.store.backend_name)
         app.state.background_runs.start()
         state.funds.start()

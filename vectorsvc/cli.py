@@ -278,11 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _embedder_settings(settings: Settings) -> EmbedderSettings:
-    return EmbedderSettings(
-        models_dir=str(settings.resolved_models_dir),
-        batch_size=settings.embed_batch_size,
-        allow_downloads=settings.allow_model_downloads,
-    )
+    return EmbedderSettings.from_settings(settings)
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:

@@ -24,13 +24,14 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import anyio
 import numpy as np
 
 from embedders.base import Embedder, Embeddings, MissingDependency, WeightsUnavailable
 from embedders.factory import check_weights, config_keys, create_embedder
+from vectorsvc.config import Settings
 from vectorsvc.errors import Unavailable
 from vectorsvc.models.registry import ModelRegistry, ModelSpec
 
@@ -53,6 +54,19 @@ class EmbedderSettings:
     batch_size: int = 64
     allow_downloads: bool = False
     text_backend: str = "torch"  # for kinds with a `backend` key (sentence-transformers text)
+    onednn: bool = True  # torch Linear layers through oneDNN on CPU (kinds with `onednn`)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, allow_downloads: bool | None = None) -> Self:
+        return cls(
+            models_dir=str(settings.resolved_models_dir),
+            batch_size=settings.embed_batch_size,
+            allow_downloads=(
+                settings.allow_model_downloads if allow_downloads is None else allow_downloads
+            ),
+            text_backend=settings.text_backend,
+            onednn=settings.onednn,
+        )
 
     def config_for(self, spec: ModelSpec) -> dict[str, Any]:
         config = dict(spec.embedder.config)
@@ -63,6 +77,8 @@ class EmbedderSettings:
             config.setdefault("allow_download", self.allow_downloads)
         if "backend" in keys:
             config.setdefault("backend", self.text_backend)
+        if "onednn" in keys:
+            config.setdefault("onednn", self.onednn)
         return config
 
     def load(self, spec: ModelSpec) -> Embedder:
@@ -82,6 +98,31 @@ def configure_model_threads() -> None:
     """
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def set_math_threads(threads: int) -> None:
+    """The calling thread's math threads (torch's intra-op threads, which OpenMP keeps per
+    thread). Models that are not on torch size their thread pools themselves."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(max(1, threads))
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def model_parallelism(workers: int, threads: int) -> tuple[int, int]:
+    """(workers, math threads per worker) from the settings, where 0 means automatic: one
+    single-threaded worker per CPU, at most 4 workers."""
+    cpus = cpu_count()
+    workers = workers or min(cpus, 4)
+    threads = threads or max(1, cpus // workers)
+    return workers, threads
 
 
 def default_loader(models_dir: str, batch_size: int) -> EmbedderLoader:
@@ -122,8 +163,12 @@ def _text_length(item: Any) -> int:
 
 
 class ModelRuntime:
-    """One model: its weights (loaded on first use) and its worker thread, which takes
-    queued model calls by priority (queries first) and then in arrival order."""
+    """One model: its weights (loaded on first use) and its worker threads, which take
+    queued model calls by priority (queries first) and then in arrival order.
+
+    With several workers, calls run side by side on one shared copy of the weights, each
+    worker with its own `threads` math threads: on CPU, two single-threaded calls on two
+    cores do more than one call spread over both (small matrices parallelise poorly)."""
 
     def __init__(
         self,
@@ -132,14 +177,18 @@ class ModelRuntime:
         on_batch: BatchObserver | None = None,
         *,
         chunk_items: int = 4,
+        workers: int = 1,
+        threads: int | None = None,
     ) -> None:
         self.spec = spec
         self._loader = loader
         self._on_batch = on_batch
         self._chunk_items = max(1, chunk_items)
+        self.workers = max(1, workers)
+        self._threads = threads
         self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._seq = itertools.count()
-        self._worker: threading.Thread | None = None
+        self._worker_threads: list[threading.Thread] = []
         self._worker_lock = threading.Lock()
         self._stopped = False
         self._load_lock = threading.Lock()
@@ -210,15 +259,19 @@ class ModelRuntime:
         with self._worker_lock:
             if self._stopped:
                 raise RuntimeError(f"model {self.spec.slug} is shut down")
-            if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._work, name=f"embed-{self.spec.slug}", daemon=True
-                )
-                self._worker.start()
+            if not self._worker_threads:
+                for n in range(self.workers):
+                    worker = threading.Thread(
+                        target=self._work, name=f"embed-{self.spec.slug}-{n}", daemon=True
+                    )
+                    worker.start()
+                    self._worker_threads.append(worker)
             self._jobs.put(_Job(_PRIORITY[kind], next(self._seq), kind, inputs, future))
         return future
 
     def _work(self) -> None:
+        if self._threads is not None:
+            set_math_threads(self._threads)
         while True:
             job = self._jobs.get()
             if job.priority == _STOP:
@@ -233,14 +286,15 @@ class ModelRuntime:
     def shutdown(self) -> None:
         with self._worker_lock:
             self._stopped = True
-            worker = self._worker
+            workers = list(self._worker_threads)
         while True:
             try:
                 self._jobs.get_nowait().future.cancel()
             except queue.Empty:
                 break
-        if worker is not None:
+        for _ in workers:
             self._jobs.put(_Job(_STOP, next(self._seq), "document", (), Future()))
+        for worker in workers:
             worker.join()
 
 
@@ -255,8 +309,12 @@ class EmbeddingService:
         chunk_items: int = 4,
         on_batch: BatchObserver | None = None,
         weights_check: WeightsCheck | None = None,
+        workers: int = 1,
+        threads_per_worker: int | None = None,
     ) -> None:
         configure_model_threads()
+        self._workers = max(1, workers)
+        self._threads_per_worker = threads_per_worker
         self._chunk_items = chunk_items
         self._on_batch = on_batch
         self._weights_check = weights_check
@@ -273,7 +331,12 @@ class EmbeddingService:
             runtime = self._runtimes.get(spec.slug)
             if runtime is None:
                 runtime = ModelRuntime(
-                    spec, self._loader, self._on_batch, chunk_items=self._chunk_items
+                    spec,
+                    self._loader,
+                    self._on_batch,
+                    chunk_items=self._chunk_items,
+                    workers=self._workers,
+                    threads=self._threads_per_worker,
                 )
                 self._runtimes[spec.slug] = runtime
             return runtime
@@ -318,46 +381,73 @@ class EmbeddingService:
         return lane
 
     async def _drain(self, slug: str, kind: InputKind, lane: _Lane) -> None:
+        """Gather the lane's queued requests into model calls, one call per free worker:
+        while every worker is busy, requests queue up and go into the next call together."""
         runtime = self._runtimes[slug]
-        while True:
-            batch = [await lane.queue.get()]
-            size = len(batch[0].inputs)
-            # Wait for company only where requests have lately come together.
-            wait = self._batch_wait_s if lane.last_requests > 1 else 0.0
-            deadline = time.monotonic() + wait
-            while size < self._max_batch_items:
+        slots = asyncio.Semaphore(runtime.workers)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await slots.acquire()
                 try:
-                    request = lane.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        request = await asyncio.wait_for(lane.queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                batch.append(request)
-                size += len(request.inputs)
-            lane.last_requests = len(batch)
-            live = [r for r in batch if not r.future.done()]
-            if not live:
-                continue
-            flat: list[Any] = [item for r in live for item in r.inputs]
-            try:
-                vectors = await runtime.submit(kind, flat)
-            except BaseException as exc:  # hand every waiter the failure, keep the lane alive
-                for r in live:
-                    if not r.future.done():
-                        r.future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
+                    free = runtime.workers - len(running)  # this slot included
+                    batch = await self._gather(lane, free_workers=free)
+                except BaseException:
+                    slots.release()
                     raise
-                continue
-            start = 0
+                task = asyncio.get_running_loop().create_task(self._call(runtime, kind, batch))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _t: slots.release())
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _gather(self, lane: _Lane, *, free_workers: int) -> list[_Request]:
+        batch = [await lane.queue.get()]
+        size = len(batch[0].inputs)
+        # Where other workers are free too, leave them their share of what is queued.
+        limit = -(-(lane.queue.qsize() + 1) // free_workers) if free_workers > 1 else 1 << 30
+        # Wait for company only where requests have lately come together.
+        wait = self._batch_wait_s if lane.last_requests > 1 else 0.0
+        deadline = time.monotonic() + wait
+        while size < self._max_batch_items and len(batch) < limit:
+            try:
+                request = lane.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    request = await asyncio.wait_for(lane.queue.get(), remaining)
+                except TimeoutError:
+                    break
+            batch.append(request)
+            size += len(request.inputs)
+        lane.last_requests = len(batch)
+        return batch
+
+    @staticmethod
+    async def _call(runtime: ModelRuntime, kind: InputKind, batch: list[_Request]) -> None:
+        live = [r for r in batch if not r.future.done()]
+        if not live:
+            return
+        flat: list[Any] = [item for r in live for item in r.inputs]
+        try:
+            vectors = await runtime.submit(kind, flat)
+        except BaseException as exc:  # hand every waiter the failure, keep the lane alive
             for r in live:
-                end = start + len(r.inputs)
                 if not r.future.done():
-                    r.future.set_result(vectors[start:end])
-                start = end
+                    r.future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        start = 0
+        for r in live:
+            end = start + len(r.inputs)
+            if not r.future.done():
+                r.future.set_result(vectors[start:end])
+            start = end
 
     def availability(self, spec: ModelSpec) -> WeightsUnavailable | None:
         """Why `spec` cannot run here, or None; never loads weights (file checks only)."""

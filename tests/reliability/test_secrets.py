@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.slow
 EMAIL = "ada@example.com"
 PASSWORD = "Correct-Horse-Battery-9271"
 WRONG_PASSWORD = "Wrong-Horse-Battery-1138"
+KEY_CACHE_S = 0.5
 PNG_1X1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de"
     "0000000c4944415408d763f8cfc0000003010100c9fe92ef0000000049454e44ae426082"
@@ -188,6 +190,7 @@ def exercise(server: ServerProcess, session: Session) -> None:
             check=True,
             capture_output=True,
         )
+        time.sleep(KEY_CACHE_S + 0.1)  # what the service remembers of the key runs out
         step("doomed_after", http.get("/api/billing/wallet", headers=as_key(doomed)))
         step("main_after", http.get("/api/billing/wallet", headers=as_key(main)))
         step("other_after", http.get("/api/billing/wallet", headers=as_key(other)))
@@ -198,7 +201,9 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     root = tmp_path_factory.mktemp("secrets")
     data_dir = root / "data"
     keys = prepare(data_dir)
-    server = ServerProcess(data_dir, root / "service.log", env={"VECTORSVC_LOG_LEVEL": "debug"})
+    # A verified key is remembered for VECTORSVC_API_KEY_CACHE_S; short here, and waited for.
+    env = {"VECTORSVC_LOG_LEVEL": "debug", "VECTORSVC_API_KEY_CACHE_S": str(KEY_CACHE_S)}
+    server = ServerProcess(data_dir, root / "service.log", env=env)
     record = Session(data_dir=data_dir, log="", keys=keys)
     server.start()
     try:

@@ -165,6 +165,10 @@ class VectorStore(Protocol):
     def facet(self, collection: str, key: str, *, filter: Filter, limit: int) -> dict[str, int]:
         """Counts per distinct value of keyword field `key` among points matching `filter`."""
 
+    def warm(self) -> None:
+        """Bring every collection's vectors into memory, so that the first search of each
+        scope does not pay for page faults (blocking; at start-up). May do nothing."""
+
     def close(self) -> None: ...
 
 

@@ -121,6 +121,9 @@ class RemoteVectorStore:
     def client(self) -> QdrantClient:
         return self._client
 
+    def warm(self) -> None:
+        """Nothing to do: a Qdrant server keeps its own memory."""
+
     def close(self) -> None:
         self._client.close()
 
