@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import tempfile
 import warnings
@@ -51,6 +52,8 @@ from embedders.base import (
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
 
 MINILM_NAME = "all-minilm-l6-v2"
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -76,6 +79,10 @@ class SentenceTransformerTextConfig:
     # backend="torch" on CPU: Linear layers through oneDNN (checked against MKL once at load,
     # MKL kept if they differ or the op is missing). Ignored by backend="onnx".
     onednn: bool = True
+    # backend="torch": batches run without padding, texts packed into rows (`embedders/_packed`;
+    # checked against sentence-transformers' encode once at load, which is kept if they differ
+    # or the model is not a mean-pooled BERT). Ignored by backend="onnx".
+    packed: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -115,6 +122,7 @@ class SentenceTransformerTextEmbedder(Embedder):
         )
         self._onnx: _OnnxEncoder | None = None
         self.linear_kernels: str
+        self.batching = "padded"  # "packed": see _use_packed
         if self.config.backend == "onnx":
             # _OnnxEncoder tokenises once while loading: that call settles the tokenizer.
             self._onnx = _OnnxEncoder(self._model, _onnx_path(self.config, self._model))
@@ -137,6 +145,24 @@ class SentenceTransformerTextEmbedder(Embedder):
             if self.config.onednn:
                 use_onednn_linear(self._model, probe, reference=reference, name=self.name)
             self.linear_kernels = linear_kernels(self._model)
+            if self.config.packed:
+                self._use_packed(reference)
+
+    def _use_packed(self, reference: Any) -> None:
+        """Encode through `PackedEncoder` if it supports the model and agrees with `encode`."""
+        from embedders._packed import PackedEncoder, unsupported
+
+        reason = unsupported(self._model)
+        if reason is None:
+            packer = PackedEncoder(self._model)
+            got = l2_normalise(packer.encode(list(_PROBE_TEXTS)))
+            cosine = float(np.min(np.sum(got * l2_normalise(reference), axis=1)))
+            if cosine >= _PACKED_MIN_COSINE:
+                self._encode_query = self._encode_document = packer.encode
+                self.batching = "packed"
+                return
+            reason = f"its vectors differ from encode()'s (cosine {cosine:.6f})"
+        logger.info("%s: batches are padded, not packed: %s", self.name, reason)
 
     def embed_texts(self, texts: Sequence[str]) -> Embeddings:
         return self._encode(self._encode_document, texts)
@@ -154,6 +180,7 @@ class SentenceTransformerTextEmbedder(Embedder):
             "backend": self.config.backend,
             "batch_size": self.config.batch_size,
             "linear_kernels": self.linear_kernels,
+            "batching": self.batching,
         }
 
     def _encode(self, encode: Callable[..., Any], texts: Sequence[str]) -> Embeddings:
@@ -168,6 +195,8 @@ class SentenceTransformerTextEmbedder(Embedder):
         )
         return _checked(self.name, l2_normalise(raw), len(items), self.dimension)
 
+
+_PACKED_MIN_COSINE = 0.99999
 
 # Two lengths, so the probe pads; real words, so it exercises what queries do.
 _PROBE_TEXTS = (
