@@ -174,3 +174,15 @@ async def test_queued_queries_are_shared_between_free_workers(spec: ModelSpec) -
     assert sorted(len(texts) for _, texts in embedder.calls) == [4, 4]
     assert embedder.most_inside == 2
     await embeddings.aclose()
+
+
+async def test_a_lone_short_query_runs_on_one_math_thread_and_batches_on_all(
+    spec: ModelSpec,
+) -> None:
+    embedder = RecordingEmbedder()
+    embeddings = service(embedder, workers=1, threads=2)
+    await embeddings.embed(spec, "query", ["one query"])
+    await embeddings.embed(spec, "query", [f"query {i}" for i in range(3)])
+    await embeddings.embed(spec, "document", ["a document"])
+    assert embedder.math_threads == [1, 2, 2]
+    await embeddings.aclose()

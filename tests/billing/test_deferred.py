@@ -1,7 +1,7 @@
 """Query charges are written after the response, in batches, and stay exact.
 
-Searches reserve their cost before any work and the flusher writes the charges a few
-milliseconds later (`vectorsvc.billing.funds`). These tests run the real service and read
+Searches reserve their cost before any work and the flusher writes the charges in batches,
+up to a second later (`vectorsvc.billing.funds`). These tests run the real service and read
 the database directly, as an auditor would, to check that nothing is lost, nothing is
 charged twice, and no wallet is overdrawn.
 """

@@ -4,8 +4,8 @@ A search costs a fraction of a millicredit, and writing its charge (a usage reco
 ledger entry: one SQLite transaction) took longer than the rest of the service's own work on
 the request. So query-like runs (search, execute) reserve their cost here before any work,
 answer, and leave the charge to a background flusher that writes every pending charge in one
-transaction (`billing.service.charge_batch`) a few milliseconds later. Index and delete runs
-reserve too and charge in the request (`commit`), as before.
+transaction (`billing.service.charge_batch`) up to a second later (`charge_flush_ms`).
+Index and delete runs reserve too and charge in the request (`commit`), as before.
 
 The rule that keeps wallets exact: what a workspace may spend is its stored balance minus
 what this process has reserved (in-flight runs plus charges not yet written), and checking
@@ -63,7 +63,7 @@ class Funds:
         db: Database,
         *,
         opening_micro_credits: int,
-        flush_interval_s: float = 0.02,
+        flush_interval_s: float = 1.0,
         balance_ttl_s: float = 5.0,
         max_batch: int = 1000,
     ) -> None:
