@@ -108,6 +108,15 @@ def set_math_threads(threads: int) -> None:
         torch.set_num_threads(max(1, threads))
 
 
+def math_threads_for(kind: InputKind, inputs: Sequence[Any], threads: int) -> int:
+    """Math threads for one model call: one for a lone query or two (short texts: their
+    small matrices split badly over threads; MiniLM query 7.4 ms on one, 9.1 on two),
+    `threads` otherwise."""
+    if kind == "query" and len(inputs) <= 2 and all(isinstance(x, str) for x in inputs):
+        return 1
+    return threads
+
+
 def cpu_count() -> int:
     """CPUs this process may run on (the affinity mask, not the machine's total)."""
     try:
@@ -225,11 +234,8 @@ class ModelRuntime:
         """Blocking model call; runs on this model's worker thread."""
         embedder = self.load()
         started = time.perf_counter()
-        if self._threads is not None and self._threads > 1:
-            # One or two short texts: their small matrices split badly over threads, one
-            # thread is faster (MiniLM query: 7.4 ms on one, 9.1 on two).
-            small = kind == "query" and len(inputs) <= 2 and all(isinstance(x, str) for x in inputs)
-            set_math_threads(1 if small else self._threads)
+        if self._threads is not None:
+            set_math_threads(math_threads_for(kind, inputs, self._threads))
         if kind == "document":
             vectors = embedder.embed_texts(inputs)
         elif kind == "query":
