@@ -1,7 +1,7 @@
 """Model runtime: lazy, shared embedders and dynamic batching of concurrent requests.
 
-Each model gets one worker thread that we own, so model calls never run on the event loop
-and never contend with each other. Concurrent requests of the same kind (documents, queries,
+Each model gets worker threads that we own (one by default), so model calls never run on
+the event loop. Concurrent requests of the same kind (documents, queries,
 images) queue up while the model is busy and go into the next call together. A bounded wait
 (`batch_wait_ms`) lets a burst gather first, but only in a lane that has lately seen
 concurrent requests: a lone client never waits for company that is not coming.
@@ -128,9 +128,8 @@ def cpu_count() -> int:
 def model_parallelism(workers: int, threads: int) -> tuple[int, int]:
     """(workers, math threads per worker) from the settings, where 0 means automatic: one
     worker with a math thread per CPU. Measured on 2 cores (README, "Performance"): two
-    single-threaded workers served 16 clients no faster (189 against 204 searches/s) and
-    held 120 MB more; a lone short query, the one case where one thread wins, gets one
-    anyway (`ModelRuntime.run`)."""
+    single-threaded workers served 16 clients no faster and held 80 to 120 MB more; a lone
+    short query, the one case where one thread wins, gets one anyway (`math_threads_for`)."""
     workers = workers or 1
     threads = threads or max(1, cpu_count() // workers)
     return workers, threads
