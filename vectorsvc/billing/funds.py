@@ -79,8 +79,8 @@ class Funds:
         # balance and the reservations it already includes are always updated together.
         self._db_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        self._closed = False
 
     # --- reservations ---------------------------------------------------------------------
 
@@ -155,18 +155,21 @@ class Funds:
 
     async def aclose(self) -> None:
         """Stop the flusher and write what is pending."""
-        self._closed = True
+        self._closing.set()
         self._wake.set()
         if self._flusher is not None:
-            await self._flusher  # it ends after one last flush
+            await self._flusher  # it ends at once, without waiting out its interval
             self._flusher = None
         await self.flush()
 
     async def _run(self) -> None:
-        while not self._closed:
+        while not self._closing.is_set():
             await self._wake.wait()
             if len(self._pending) < self._max_batch:
-                await asyncio.sleep(self._flush_interval_s)  # let a burst gather
+                try:  # let charges gather for the interval; closing cuts it short
+                    await asyncio.wait_for(self._closing.wait(), self._flush_interval_s)
+                except TimeoutError:
+                    pass
             self._wake.clear()
             try:
                 await self.flush()
