@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from PIL import Image
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -98,9 +99,10 @@ def make_settings(data_dir: Path, models_dir: Path, **overrides: Any) -> Setting
 class Service:
     """A running app (lifespan entered) with an httpx client and helpers to make callers."""
 
-    def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
+    def __init__(self, client: httpx.AsyncClient, settings: Settings, app: FastAPI) -> None:
         self.client = client
         self.settings = settings
+        self.app = app
         self.db = Database(settings.resolved_database_url)
 
     def new_key(self, workspace: str) -> str:
@@ -125,7 +127,7 @@ async def running_service(
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            service = Service(client, settings)
+            service = Service(client, settings, app)
             try:
                 yield service
             finally:

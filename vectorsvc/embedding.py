@@ -282,8 +282,6 @@ class ModelRuntime:
         return future
 
     def _work(self) -> None:
-        if self._threads is not None:
-            set_math_threads(self._threads)
         while True:
             job = self._jobs.get()
             if job.priority == _STOP:
@@ -396,21 +394,16 @@ class EmbeddingService:
         """Gather the lane's queued requests into model calls, one call per free worker:
         while every worker is busy, requests queue up and go into the next call together."""
         runtime = self._runtimes[slug]
-        slots = asyncio.Semaphore(runtime.workers)
         running: set[asyncio.Task[None]] = set()
         try:
             while True:
-                await slots.acquire()
-                try:
-                    free = runtime.workers - len(running)  # this slot included
-                    batch = await self._gather(lane, free_workers=free)
-                except BaseException:
-                    slots.release()
-                    raise
-                task = asyncio.get_running_loop().create_task(self._call(runtime, kind, batch))
-                running.add(task)
-                task.add_done_callback(running.discard)
-                task.add_done_callback(lambda _t: slots.release())
+                running = {task for task in running if not task.done()}
+                if len(running) >= runtime.workers:
+                    _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                batch = await self._gather(lane, free_workers=runtime.workers - len(running))
+                running.add(
+                    asyncio.get_running_loop().create_task(self._call(runtime, kind, batch))
+                )
         finally:
             for task in running:
                 task.cancel()

@@ -149,13 +149,11 @@ def test_insufficient_funds_writes_nothing(
 ) -> None:
     billing.top_up(db, workspace_id=workspace_id, micro_credits=1000)
     with pytest.raises(InsufficientFunds) as caught:
-        billing.ensure_funds(db, workspace_id=workspace_id, cost=1400)
-    assert caught.value.status == 402 and caught.value.code == "insufficient_funds"
-    assert "0.0014" in caught.value.message and "0.001 credits" in caught.value.message
-    with pytest.raises(InsufficientFunds):
         billing.charge(
             db, workspace_id=workspace_id, run_id="run_1", spec=minilm, mode="index", units=INDEX_7
         )
+    assert caught.value.status == 402 and caught.value.code == "insufficient_funds"
+    assert "0.0014" in caught.value.message and "0.001 credits" in caught.value.message
     assert usage_cost(db, workspace_id) == 0
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(UsageRecord)) == 0
@@ -170,7 +168,6 @@ def test_insufficient_funds_writes_nothing(
 def test_free_runs_need_no_funds_and_are_still_recorded(
     db: Database, workspace_id: str, minilm: ModelSpec
 ) -> None:
-    billing.ensure_funds(db, workspace_id=workspace_id, cost=0)
     result = billing.charge(
         db, workspace_id=workspace_id, run_id="run_d", spec=minilm, mode="delete", units=Usage()
     )
@@ -182,7 +179,11 @@ def test_free_runs_need_no_funds_and_are_still_recorded(
 def test_wallets_open_lazily_with_the_opening_credits(
     db: Database, workspace_id: str, minilm: ModelSpec
 ) -> None:
-    billing.ensure_funds(db, workspace_id=workspace_id, cost=1400, opening_micro_credits=5000)
+    # Not opened yet: the balance is the opening credits, and reading it opens nothing.
+    assert billing.current_balance(db, workspace_id=workspace_id, opening_micro_credits=5000) == (
+        5000
+    )
+    assert ledger(db, workspace_id) == []
     result = billing.charge(
         db,
         workspace_id=workspace_id,

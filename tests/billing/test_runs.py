@@ -183,13 +183,23 @@ async def test_searches_and_index_runs_together_never_overdraw(service: Service)
 
 
 async def test_a_failed_search_gives_its_reservation_back(service: Service) -> None:
+    # Funds for one image search (500) or five text searches (100 each). The image search
+    # reserves its 500, then fails on its unknown media ref: if the reservation stayed,
+    # the text searches would be refused.
     key = service.new_key("acme")
-    fund(service, "acme", SEARCH_COST)  # exactly one search
-    bad = {**SEARCH, "input": {"image": {"media_ref": "med_" + "0" * 32}}}
+    fund(service, "acme", 500)
+    bad = {
+        "model": "image-similarity",
+        "mode": "search",
+        "scope": "photos",
+        "input": {"image": {"media_ref": "med_" + "0" * 32}},
+    }
     r = await service.run(key, bad)
-    assert r.status_code in (404, 422), r.text
-    r = await service.run(key, SEARCH)
-    assert r.status_code == 200, r.text
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "media_not_found"
+    for _ in range(5):
+        r = await service.run(key, SEARCH)
+        assert r.status_code == 200, r.text
     r = await service.run(key, SEARCH)
     assert r.status_code == 402, r.text
     assert await wallet(service, key) == 0

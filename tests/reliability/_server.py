@@ -27,6 +27,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def item_ids(client: httpx.Client, model: str, scope: str) -> list[str]:
+    """Every item id the scope holds, through the paged Knowledge Bases listing."""
+    ids: list[str] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, str | int] = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+        r = client.get(f"/api/knowledge-bases/{model}/{scope}/items", params=params)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        ids += [entry["id"] for entry in page["data"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return ids
+
+
 def create_keys(data_dir: Path, *workspaces: str) -> dict[str, str]:
     """Create each workspace with one API key in `data_dir`'s database; name -> key."""
     data_dir.mkdir(parents=True, exist_ok=True)

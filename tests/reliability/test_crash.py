@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.reliability._server import ServerProcess, create_keys
+from tests.reliability._server import ServerProcess, create_keys, item_ids
 
 MODEL = "all-minilm-l6-v2"
 SCOPE = "crash"
@@ -94,22 +94,6 @@ def wait_for_progress(ledger: Ledger, more_than: int, timeout: float = 60) -> No
         time.sleep(0.05)
 
 
-def all_items(client: httpx.Client) -> list[str]:
-    ids: list[str] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 500}
-        if cursor:
-            params["cursor"] = cursor
-        r = client.get(f"/api/knowledge-bases/{MODEL}/{SCOPE}/items", params=params)
-        assert r.status_code == 200, r.text
-        page = r.json()
-        ids += [entry["id"] for entry in page["data"]]
-        cursor = page["next_cursor"]
-        if not cursor:
-            return ids
-
-
 def test_acknowledged_writes_survive_five_kill_9s(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     key = create_keys(data_dir, "crash")["crash"]
@@ -146,7 +130,7 @@ def verify(server: ServerProcess, key: str, ledger: Ledger, rng: random.Random) 
 
     with httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=60) as client:
         assert client.get("/health").json()["status"] == "ok"
-        listed = all_items(client)
+        listed = item_ids(client, MODEL, SCOPE)
         present = set(listed)
         assert len(listed) == len(present), "paging returned an item twice"
         lost = set(ledger.acked) - present

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.reliability._server import ServerProcess, create_keys
+from tests.reliability._server import ServerProcess, create_keys, item_ids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -96,20 +96,6 @@ async def run_client(
                 tally.expected.difference_update(doomed)
 
 
-async def stored_ids(client: httpx.AsyncClient) -> list[str]:
-    ids: list[str] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 500, **({"cursor": cursor} if cursor else {})}
-        r = await client.get(f"/api/knowledge-bases/{MODEL}/{SCOPE}/items", params=params)
-        assert r.status_code == 200, r.text
-        page = r.json()
-        ids += [entry["id"] for entry in page["data"]]
-        cursor = page["next_cursor"]
-        if not cursor:
-            return ids
-
-
 async def test_32_clients_mixing_index_search_delete(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     key = create_keys(data_dir, "load")["load"]
@@ -142,7 +128,8 @@ async def test_32_clients_mixing_index_search_delete(tmp_path: Path) -> None:
             assert all(sum(t.ops.values()) > 0 for t in tallies)
 
             expected = set().union(*(t.expected for t in tallies))
-            listed = await stored_ids(client)
+            with httpx.Client(base_url=server.url, headers={"X-API-Key": key}) as reader:
+                listed = item_ids(reader, MODEL, SCOPE)
             assert len(listed) == len(set(listed))
             assert set(listed) == expected, (
                 f"missing {sorted(expected - set(listed))[:5]}, "

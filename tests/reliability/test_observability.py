@@ -23,9 +23,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings
+from tests.conftest import Service, make_settings, running_service
 from tests.helpers import Uploader, encode
-from vectorsvc.app import create_app
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.observability import JsonFormatter
 
@@ -75,15 +74,8 @@ async def observed_service(
         max_body_bytes=4096,
         **overrides,
     )
-    app = create_app(settings, embedder_loader=loader)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            service = Service(client, settings)
-            try:
-                yield Observed(service=service, app=app, key=service.new_key("acme"))
-            finally:
-                service.db.close()
+    async with running_service(settings, loader) as service:
+        yield Observed(service=service, app=service.app, key=service.new_key("acme"))
 
 
 @pytest.fixture

@@ -123,9 +123,3 @@ class ApiKeyCache:
             self._entries.move_to_end(digest)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
-
-    def forget(self, key_id: str) -> None:
-        """Drop a key at once (a revocation seen by this process)."""
-        with self._lock:
-            for digest in [d for d, (k, _) in self._entries.items() if k.key_id == key_id]:
-                del self._entries[digest]

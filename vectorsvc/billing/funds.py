@@ -26,7 +26,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
@@ -37,11 +36,8 @@ from vectorsvc.billing.service import (
     charge_batch,
     current_balance,
     insufficient_funds,
-    quote,
 )
 from vectorsvc.db.database import Database
-from vectorsvc.models.pricing import Usage
-from vectorsvc.models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +93,6 @@ class Funds:
         self._reserved[workspace_id] = self._reserved.get(workspace_id, 0) + cost
         return Reservation(workspace_id, cost)
 
-    async def reserve_run(
-        self, workspace_id: str, model: ModelSpec, mode: str, usage: Usage
-    ) -> Reservation:
-        return await self.reserve(workspace_id, quote(model, mode, usage))
-
     async def check(self, workspace_id: str, cost: int) -> None:
         """402 `insufficient_funds` now if `cost` could not be reserved; reserves nothing."""
         self.release(await self.reserve(workspace_id, cost))
@@ -117,16 +108,12 @@ class Funds:
         drop the reservation it replaces. On failure the funds are released."""
         try:
             async with self._db_lock:
-                try:
-                    result = await anyio.to_thread.run_sync(write)
-                finally:
-                    # The stored balance changed (or may have): read it afresh next time.
-                    self._balances.pop(reservation.workspace_id, None)
-                    self.release(reservation)
-        except BaseException:
+                return await anyio.to_thread.run_sync(write)
+        finally:
+            # The stored balance changed (or may have): read it afresh next time. No await
+            # since the lock's release, so a balance read and the reservations still agree.
+            self._balances.pop(reservation.workspace_id, None)
             self.release(reservation)
-            raise
-        return result
 
     def defer(self, reservation: Reservation, charge: PendingCharge) -> None:
         """The run succeeded: write its charge with the next batch; the funds stay reserved
@@ -233,16 +220,3 @@ class Funds:
                 self._reserved[workspace_id] = left
             else:
                 self._reserved.pop(workspace_id, None)
-
-
-def pending_charge(
-    *, workspace_id: str, run_id: str, model: ModelSpec, mode: str, usage: Usage
-) -> PendingCharge:
-    return PendingCharge(
-        workspace_id=workspace_id,
-        run_id=run_id,
-        spec=model,
-        mode=mode,
-        units=usage,
-        created_at=datetime.now(UTC),
-    )

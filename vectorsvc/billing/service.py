@@ -86,22 +86,6 @@ def quote(spec: ModelSpec, mode: str, units: Usage) -> int:
     return price.micro_credits_per_unit * units.units(price.unit)
 
 
-def ensure_funds(
-    db: Database | Session, *, workspace_id: str, cost: int, opening_micro_credits: int = 0
-) -> None:
-    """Refuse (402 `insufficient_funds`) a run whose `cost` the wallet cannot cover now.
-
-    Called before any work; `charge` re-checks atomically, since other runs may spend the
-    balance in between."""
-    if cost <= 0:
-        return
-    balance = current_balance(
-        db, workspace_id=workspace_id, opening_micro_credits=opening_micro_credits
-    )
-    if balance < cost:
-        raise insufficient_funds(balance=balance, cost=cost)
-
-
 def current_balance(
     db: Database | Session, *, workspace_id: str, opening_micro_credits: int = 0
 ) -> int:

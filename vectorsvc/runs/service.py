@@ -18,8 +18,7 @@ from typing import Any
 import anyio
 
 from vectorsvc import namespaces
-from vectorsvc.billing.funds import pending_charge
-from vectorsvc.billing.service import quote
+from vectorsvc.billing.service import PendingCharge, quote
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.knowledge_bases import catalog
 from vectorsvc.knowledge_bases.service import thumbnail_url
@@ -173,12 +172,13 @@ async def _paid_after(ctx: RunContext, usage: Usage) -> AsyncIterator[str]:
         raise
     funds.defer(
         reservation,
-        pending_charge(
+        PendingCharge(
             workspace_id=ctx.workspace_id,
             run_id=ctx.run_id,
-            model=ctx.model,
+            spec=ctx.model,
             mode=ctx.request.mode,
-            usage=usage,
+            units=usage,
+            created_at=datetime.now(UTC),
         ),
     )
 
