@@ -1,6 +1,7 @@
 """The model runtime: queries before document chunks, order kept, batching without idle waits.
 
-A recording stand-in embedder keeps these about scheduling (the real models have their own
+A recording stand-in embedder, which a test can hold at a gate, keeps most of these about
+scheduling; the last runs the real MiniLM on two workers (the real models have their own
 tests in tests/embedders and run through the API tests).
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -185,4 +186,28 @@ async def test_a_lone_short_query_runs_on_one_math_thread_and_batches_on_all(
     await embeddings.embed(spec, "query", [f"query {i}" for i in range(3)])
     await embeddings.embed(spec, "document", ["a document"])
     assert embedder.math_threads == [1, 2, 2]
+    await embeddings.aclose()
+
+
+async def test_the_real_model_on_two_workers_gives_each_request_its_own_vectors(
+    spec: ModelSpec, embedder_loader: Callable[[ModelSpec], Embedder]
+) -> None:
+    # The scheduling above uses a stand-in it can hold at a gate; here the real MiniLM runs
+    # on two workers, with concurrent queries coalescing into shared, packed calls.
+    calls: list[int] = []
+    embeddings = EmbeddingService(
+        ModelRegistry.from_file(),
+        loader=embedder_loader,
+        workers=2,
+        threads_per_worker=1,
+        on_batch=lambda _slug, _kind, size, _seconds: calls.append(size),
+    )
+    embeddings.runtime(spec).load()
+    texts = [f"question {i}: " + "why do cells divide " * (i % 5 + 1) for i in range(24)]
+    results = await asyncio.gather(*(embeddings.embed(spec, "query", [t]) for t in texts))
+    alone = embedder_loader(spec).embed_queries(texts)
+    for i, vectors in enumerate(results):
+        assert vectors.shape == (1, 384)
+        assert float(vectors[0] @ alone[i]) >= 0.99999, texts[i]
+    assert sum(calls) == 24 and len(calls) < 24  # requests shared model calls
     await embeddings.aclose()
