@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from embedders.base import Embedder, Embeddings, Modality
+from vectorsvc import embedding
 from vectorsvc.embedding import EmbeddingService
 from vectorsvc.models.registry import ModelRegistry, ModelSpec
 
@@ -107,9 +108,63 @@ async def test_a_query_runs_before_the_rest_of_a_document_batch(spec: ModelSpec)
     query = asyncio.create_task(embeddings.embed(spec, "query", ["what about cats?"]))
     await asyncio.sleep(0.05)  # the query is queued behind the running chunk
     embedder.gate.set()
-    await asyncio.wait_for(asyncio.gather(documents, query), 10)
+    done = await asyncio.wait_for(asyncio.gather(documents, query), 10)
     kinds = [kind for kind, _ in embedder.calls]
+    # The first chunk of four, the query, then (searches are coming in) calls of about one
+    # long text: these short ones all fit in one.
     assert kinds == ["document", "query", "document", "document"]
+    assert [len(texts) for _, texts in embedder.calls] == [4, 1, 4, 4]
+    assert done[0][:, 0].tolist() == [float(len(f"doc {i}")) for i in range(12)]
+    await embeddings.aclose()
+
+
+async def test_while_searching_long_documents_go_one_a_call_and_short_ones_together(
+    spec: ModelSpec,
+) -> None:
+    embedder = RecordingEmbedder()
+    embeddings = service(embedder)
+    await embeddings.embed(spec, "query", ["a search"])
+    texts = ["short one", "short two", "x" * 700, "y" * 700, "z" * 5000, "w" * 900]
+    vectors = await embeddings.embed(spec, "document", texts)
+    assert vectors[:, 0].tolist() == [float(len(t)) for t in texts]
+    # Sorted by length: the two short ones and a 700 fit in ~1,200 characters; then 700,
+    # 900 and the long one on their own.
+    calls = [[len(t) for t in texts] for kind, texts in embedder.calls if kind == "document"]
+    assert calls == [[9, 9, 700], [700], [900], [5000]]
+    await embeddings.aclose()
+
+
+async def test_documents_go_back_to_full_chunks_once_searches_stop(
+    spec: ModelSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedding, "_QUERIES_ACTIVE_S", 0.2)
+    embedder = RecordingEmbedder()
+    embeddings = service(embedder)
+    texts = [f"doc {i} " + "x" * 1000 for i in range(8)]  # long: one a call while searching
+    await embeddings.embed(spec, "query", ["a search"])
+    await embeddings.embed(spec, "document", texts)  # right after a search: one at a time
+    await asyncio.sleep(0.3)
+    await embeddings.embed(spec, "document", texts)  # searches stopped: chunks of four
+    sizes = [len(texts) for kind, texts in embedder.calls if kind == "document"]
+    assert sizes == [1] * 8 + [4, 4]
+    await embeddings.aclose()
+
+
+async def test_a_cancelled_ingest_runs_no_more_chunks(spec: ModelSpec) -> None:
+    embedder = RecordingEmbedder()
+    embeddings = service(embedder)
+    embedder.gate.clear()  # hold the first chunk in the model
+    documents = asyncio.create_task(
+        embeddings.embed(spec, "document", [f"doc {i}" for i in range(12)])
+    )
+    assert await asyncio.to_thread(embedder.entered.wait, 10)
+    documents.cancel()  # the request went away (a timeout, a closed connection)
+    await asyncio.sleep(0.05)
+    embedder.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await documents
+    await asyncio.sleep(0.1)
+    assert [len(texts) for _, texts in embedder.calls] == [4]  # the chunk already running
     await embeddings.aclose()
 
 
