@@ -116,7 +116,8 @@ async def prepare(
                 resolve_media(state, workspace_id=workspace_id, content=content, known=known)
         return known
 
-    media = await anyio.to_thread.run_sync(_resolve)
+    has_media = any(isinstance(content, ImageContent) for content in contents)
+    media = await anyio.to_thread.run_sync(_resolve) if has_media else {}
     return Prepared(contents=list(contents), media=media)
 
 

@@ -392,9 +392,13 @@ async def _search(ctx: RunContext) -> Output:
                 purpose="query",
             )
         )[0]
-        hits = await anyio.to_thread.run_sync(
-            partial(_query, ctx.state, ctx.model, ns, vector, flt, params.top_k)
-        )
+        search_store = partial(_query, ctx.state, ctx.model, ns, vector, flt, params.top_k)
+        # The embedded engine's search is a short call that holds the GIL anyway: on the
+        # event loop it costs less than the hop to a worker thread and back.
+        if ctx.state.store.search_inline(ns.collection):
+            hits = search_store()
+        else:
+            hits = await anyio.to_thread.run_sync(search_store)
     return (
         {
             "hits": [

@@ -113,6 +113,11 @@ class VectorStore(Protocol):
 
     backend_name: str
 
+    def search_inline(self, collection: str) -> bool:
+        """Whether a `search` of `collection` may run on the event loop: an in-process call
+        that neither waits on I/O nor on a lock, and is short (it holds the GIL anyway)."""
+        ...
+
     def ensure_collection(self, spec: CollectionSpec) -> None:
         """Create the collection (and its payload indexes) if absent. Idempotent.
 

@@ -371,6 +371,19 @@ class EdgeVectorStore:
                 return target
         raise CollectionNotFound(name)
 
+    def search_inline(self, collection: str) -> bool:
+        """True once the collection's shard is open (opening one reads its files) and no
+        other thread holds the store's lock (it may be opening a shard)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._closed:
+                return False
+            name = collection if collection in self._specs else self._aliases.get(collection)
+            return name is not None and name in self._shards
+        finally:
+            self._lock.release()
+
     def _shard(self, collection: str) -> qe.EdgeShard:
         with self._lock:
             self._check_open()

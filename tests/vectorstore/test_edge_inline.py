@@ -1,0 +1,53 @@
+"""`EdgeVectorStore.search_inline`: a search may run on the event loop only where it cannot
+wait on files or on a lock (the service then skips the hop to a worker thread)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from vectorsvc.vectorstore.base import CollectionSpec, Filter, MatchValue, PointRecord
+from vectorsvc.vectorstore.edge import EdgeVectorStore
+
+SPEC = CollectionSpec(name="docs", dimension=4, tenant_key="_tenant", keyword_fields=())
+TENANT = Filter(must=(MatchValue(key="_tenant", value="t"),))
+
+
+def _points() -> list[PointRecord]:
+    rng = np.random.default_rng(0)
+    return [
+        PointRecord(
+            id=f"00000000-0000-0000-0000-{i:012d}",
+            vector=rng.standard_normal(4).astype(np.float32),
+            payload={"_tenant": "t"},
+        )
+        for i in range(5)
+    ]
+
+
+def _from_another_thread(store: EdgeVectorStore, name: str) -> bool:
+    out: list[bool] = []
+    thread = threading.Thread(target=lambda: out.append(store.search_inline(name)))
+    thread.start()
+    thread.join(10)
+    return out[0]
+
+
+def test_inline_once_the_shard_is_open_and_never_while_the_lock_is_held(tmp_path: Path) -> None:
+    with EdgeVectorStore(tmp_path) as store:
+        assert not store.search_inline("docs")  # no such collection
+        store.ensure_collection(SPEC)
+        store.upsert("docs", _points())
+        store.set_alias("docs-live", "docs")
+        assert store.search_inline("docs")
+        assert store.search_inline("docs-live")
+        with store._lock:  # another thread may be opening a shard under it
+            assert not _from_another_thread(store, "docs")
+        assert _from_another_thread(store, "docs")
+    with EdgeVectorStore(tmp_path) as store:
+        assert not store.search_inline("docs")  # known, but its shard is not open yet
+        assert len(store.search("docs", np.ones(4, np.float32), filter=TENANT, limit=3)) == 3
+        assert store.search_inline("docs")
+    assert not store.search_inline("docs")  # closed
