@@ -266,3 +266,22 @@ async def test_the_real_model_on_two_workers_gives_each_request_its_own_vectors(
         assert float(vectors[0] @ alone[i]) >= 0.99999, texts[i]
     assert sum(calls) == 24 and len(calls) < 24  # requests shared model calls
     await embeddings.aclose()
+
+
+async def test_a_failing_chunk_fails_its_request_and_the_model_serves_the_next(
+    spec: ModelSpec,
+) -> None:
+    class Failing(RecordingEmbedder):
+        def embed_texts(self, texts: Sequence[str]) -> Embeddings:
+            if "bad" in texts:
+                raise ValueError("this chunk cannot be embedded")
+            return super().embed_texts(texts)
+
+    embedder = Failing()
+    embeddings = service(embedder)
+    texts = [f"doc {i}" for i in range(5)] + ["bad"] + [f"doc {i}" for i in range(5, 10)]
+    with pytest.raises(ValueError, match="cannot be embedded"):
+        await asyncio.wait_for(embeddings.embed(spec, "document", texts), 10)
+    vectors = await asyncio.wait_for(embeddings.embed(spec, "document", ["a", "bb", "ccc"]), 10)
+    assert vectors[:, 0].tolist() == [1.0, 2.0, 3.0]
+    await embeddings.aclose()

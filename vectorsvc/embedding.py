@@ -360,12 +360,11 @@ class ModelRuntime:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        with self._worker_lock:
+        with self._worker_lock:  # completion and shutdown's failure never race
             job.parts[start] = vectors
             job.done += end - start
-            finished = job.done == len(job.inputs) and not job.future.done()
-        if finished:
-            job.future.set_result(np.concatenate([job.parts[k] for k in sorted(job.parts)]))
+            if job.done == len(job.inputs) and not job.future.done():
+                job.future.set_result(np.concatenate([job.parts[k] for k in sorted(job.parts)]))
 
     def shutdown(self) -> None:
         with self._worker_lock:
