@@ -58,6 +58,7 @@ def build_state(
         qdrant_url=settings.qdrant_url,
         qdrant_api_key=settings.qdrant_api_key,
         vector_datatype=settings.vector_datatype,
+        edge_search_threads=settings.edge_search_threads,
     )
     embedder_settings = EmbedderSettings.from_settings(settings)
     workers, threads = model_parallelism(settings.model_workers, settings.model_threads)

@@ -51,13 +51,18 @@ def open_vector_store(
     qdrant_url: str | None,
     qdrant_api_key: str | None,
     vector_datatype: Literal["float32", "float16"] = "float32",
+    edge_search_threads: int = 0,
 ) -> VectorStore:
     """Edge (in-process, rooted at `data_dir`) when no URL is configured, else a remote
     Qdrant. Backends are imported here so the unused one's library is never loaded."""
     if not qdrant_url:  # None or "" (an unset env var) both mean "no server"
         from vectorsvc.vectorstore.edge import EdgeVectorStore
 
-        return EdgeVectorStore(Path(data_dir), vector_datatype=vector_datatype)
+        return EdgeVectorStore(
+            Path(data_dir),
+            vector_datatype=vector_datatype,
+            max_search_threads=edge_search_threads or None,  # 0: Edge's default
+        )
     from vectorsvc.vectorstore.remote import RemoteVectorStore
 
     return RemoteVectorStore.from_url(qdrant_url, api_key=qdrant_api_key)
