@@ -97,14 +97,22 @@ async def test_document_chunks_keep_input_order(spec: ModelSpec) -> None:
     await embeddings.aclose()
 
 
-async def test_a_query_runs_before_the_rest_of_a_document_batch(spec: ModelSpec) -> None:
-    embedder = RecordingEmbedder()
-    embeddings = service(embedder)
-    embedder.gate.clear()  # hold the first chunk in the model
+async def _twelve_documents_held_at_the_gate(
+    spec: ModelSpec, embedder: RecordingEmbedder, embeddings: EmbeddingService
+) -> asyncio.Task[np.ndarray]:
+    """Index 12 documents (three chunks of 4) with the first chunk held in the model."""
+    embedder.gate.clear()
     documents = asyncio.create_task(
         embeddings.embed(spec, "document", [f"doc {i}" for i in range(12)])
     )
     assert await asyncio.to_thread(embedder.entered.wait, 10)
+    return documents
+
+
+async def test_a_query_runs_before_the_rest_of_a_document_batch(spec: ModelSpec) -> None:
+    embedder = RecordingEmbedder()
+    embeddings = service(embedder)
+    documents = await _twelve_documents_held_at_the_gate(spec, embedder, embeddings)
     query = asyncio.create_task(embeddings.embed(spec, "query", ["what about cats?"]))
     await asyncio.sleep(0.05)  # the query is queued behind the running chunk
     embedder.gate.set()
@@ -153,11 +161,7 @@ async def test_documents_go_back_to_full_chunks_once_searches_stop(
 async def test_a_cancelled_ingest_runs_no_more_chunks(spec: ModelSpec) -> None:
     embedder = RecordingEmbedder()
     embeddings = service(embedder)
-    embedder.gate.clear()  # hold the first chunk in the model
-    documents = asyncio.create_task(
-        embeddings.embed(spec, "document", [f"doc {i}" for i in range(12)])
-    )
-    assert await asyncio.to_thread(embedder.entered.wait, 10)
+    documents = await _twelve_documents_held_at_the_gate(spec, embedder, embeddings)
     documents.cancel()  # the request went away (a timeout, a closed connection)
     await asyncio.sleep(0.05)
     embedder.gate.set()
@@ -284,4 +288,6 @@ async def test_a_failing_chunk_fails_its_request_and_the_model_serves_the_next(
         await asyncio.wait_for(embeddings.embed(spec, "document", texts), 10)
     vectors = await asyncio.wait_for(embeddings.embed(spec, "document", ["a", "bb", "ccc"]), 10)
     assert vectors[:, 0].tolist() == [1.0, 2.0, 3.0]
+    # "bad" sorts into the first chunk: the failed request's later chunks never ran.
+    assert embedder.calls == [("document", ["a", "bb", "ccc"])]
     await embeddings.aclose()

@@ -39,7 +39,7 @@ from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.endpoints import router as runs_router
 from vectorsvc.runs.writes import WorkspaceLocks
 from vectorsvc.state import AppState
-from vectorsvc.vectorstore import open_vector_store
+from vectorsvc.vectorstore import open_configured_store
 from vectorsvc.web import install_web
 
 logger = logging.getLogger(__name__)
@@ -53,13 +53,7 @@ def build_state(
     db = Database(settings.resolved_database_url)
     db.migrate()
     registry = ModelRegistry.from_file()
-    store = open_vector_store(
-        data_dir=settings.vectors_dir,
-        qdrant_url=settings.qdrant_url,
-        qdrant_api_key=settings.qdrant_api_key,
-        vector_datatype=settings.vector_datatype,
-        edge_search_threads=settings.edge_search_threads,
-    )
+    store = open_configured_store(settings)
     embedder_settings = EmbedderSettings.from_settings(settings)
     workers, threads = model_parallelism(settings.model_workers, settings.model_threads)
     embeddings = EmbeddingService(

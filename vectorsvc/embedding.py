@@ -168,21 +168,19 @@ _STOP = 1 << 30
 
 @dataclass(order=True)
 class _Job:
-    """One model call's inputs, or a request's documents or images, which workers take a
-    chunk at a time: the job goes back in the queue, in its place, until all are taken."""
+    """Inputs that workers take a chunk at a time (queries: all in one): the job goes back
+    in the queue, in its place, until all are taken."""
 
     priority: int
     seq: int
     kind: InputKind = field(compare=False)
     inputs: Sequence[Any] = field(compare=False)
     future: Future[Embeddings] = field(compare=False)
-    chunked: bool = field(default=False, compare=False)
+    # Whether anyone still waits for the vectors (checked before each chunk).
+    wanted: Callable[[], bool] = field(default=lambda: True, compare=False)
     taken: int = field(default=0, compare=False)  # inputs handed to workers so far
     done: int = field(default=0, compare=False)  # inputs embedded so far
     parts: dict[int, Embeddings] = field(default_factory=dict, compare=False)
-    dropped: bool = field(default=False, compare=False)  # its request went away
-    # Whether any request still waits for it (checked before each chunk).
-    wanted: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 def _text_length(item: Any) -> int:
@@ -271,41 +269,47 @@ class ModelRuntime:
         chunks stop once `wanted()` is false (the requests went away)."""
         if kind == "query":
             self._last_query = time.monotonic()
-        if kind == "query" or len(inputs) <= 1:
-            return await asyncio.wrap_future(self._enqueue(kind, inputs))
+            return await self._run_job(kind, inputs, wanted)
         order = sorted(range(len(inputs)), key=lambda i: _text_length(inputs[i]))
-        job = _Job(0, 0, kind, [inputs[i] for i in order], Future(), chunked=True, wanted=wanted)
-        try:
-            vectors = await asyncio.wrap_future(self._enqueue(kind, job.inputs, job))
-        finally:
-            job.dropped = True  # no-op once done; chunks not yet taken are not run
+        vectors = await self._run_job(kind, [inputs[i] for i in order], wanted)
         out = np.empty_like(vectors)
         out[order] = vectors
         return out
 
+    async def _run_job(
+        self, kind: InputKind, inputs: Sequence[Any], wanted: Callable[[], bool] | None
+    ) -> Embeddings:
+        gone = False  # this coroutine was cancelled: chunks not yet taken are not run
+        job = _Job(
+            0, 0, kind, inputs, Future(), wanted=lambda: not gone and (wanted is None or wanted())
+        )
+        self._enqueue(job)
+        try:
+            return await asyncio.wrap_future(job.future)
+        finally:
+            gone = True
+
     def _chunk_end(self, job: _Job, start: int) -> int:
-        """Where the chunk starting at `start` ends: `chunk_items` inputs, or, while searches
-        are coming in (a query in the last `_QUERIES_ACTIVE_S`), about one long text's worth
-        (`_BUSY_CHUNK_CHARS`; at least one input), so that a search waits behind a short
-        call (one SciFact abstract: 25 ms, against 80 ms for four)."""
+        """Where the chunk starting at `start` ends: all of a query job; else `chunk_items`
+        inputs, or, while searches are coming in (a query in the last `_QUERIES_ACTIVE_S`),
+        about one long text's worth (`_BUSY_CHUNK_CHARS`; at least one input), so that a
+        search waits behind a short call (one SciFact abstract: 25 ms, against 80 ms for
+        four)."""
+        if job.kind == "query":
+            return len(job.inputs)
         end = min(len(job.inputs), start + self._chunk_items)
         if time.monotonic() - self._last_query >= _QUERIES_ACTIVE_S:
             return end
-        budget = _BUSY_CHUNK_CHARS
-        stop = start + 1
-        budget -= min(_text_length(job.inputs[start]), _BUSY_CHUNK_CHARS) or _BUSY_CHUNK_CHARS
+        stop, budget = start, _BUSY_CHUNK_CHARS
         while stop < end:
             cost = min(_text_length(job.inputs[stop]), _BUSY_CHUNK_CHARS) or _BUSY_CHUNK_CHARS
-            if cost > budget:
+            if stop > start and cost > budget:
                 break
             budget -= cost
             stop += 1
         return stop
 
-    def _enqueue(
-        self, kind: InputKind, inputs: Sequence[Any], job: _Job | None = None
-    ) -> Future[Embeddings]:
-        future: Future[Embeddings] = job.future if job is not None else Future()
+    def _enqueue(self, job: _Job) -> None:
         with self._worker_lock:
             if self._stopped:
                 raise RuntimeError(f"model {self.spec.slug} is shut down")
@@ -316,12 +320,8 @@ class ModelRuntime:
                     )
                     worker.start()
                     self._worker_threads.append(worker)
-            if job is None:
-                job = _Job(_PRIORITY[kind], next(self._seq), kind, inputs, future)
-            else:
-                job.priority, job.seq = _PRIORITY[kind], next(self._seq)
+            job.priority, job.seq = _PRIORITY[job.kind], next(self._seq)
             self._jobs.put(job)
-        return future
 
     def _work(self) -> None:
         while True:
@@ -330,23 +330,15 @@ class ModelRuntime:
                 return
             if job.taken == 0 and not job.future.set_running_or_notify_cancel():
                 continue
-            if not job.chunked:
-                try:
-                    job.future.set_result(self.run(job.kind, job.inputs))
-                except BaseException as exc:
-                    job.future.set_exception(exc)
-                continue
             self._run_chunk(job)
 
     def _run_chunk(self, job: _Job) -> None:
         """Take the job's next chunk; put the rest back in its place (another free worker
         may take the next chunk meanwhile); embed it; complete the job with its last one."""
-        if job.dropped or job.future.done():
+        if job.future.done():  # an earlier chunk failed
             return
-        if job.wanted is not None and not job.wanted():
-            with self._worker_lock:
-                if not job.future.done():
-                    job.future.set_exception(CancelledError())
+        if not job.wanted():
+            self._fail(job, CancelledError())
             return
         start = job.taken
         end = self._chunk_end(job, start)
@@ -356,15 +348,19 @@ class ModelRuntime:
         try:
             vectors = self.run(job.kind, job.inputs[start:end])
         except BaseException as exc:
-            with self._worker_lock:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            self._fail(job, exc)
             return
-        with self._worker_lock:  # completion and shutdown's failure never race
+        with self._worker_lock:  # completion and a failure never race
             job.parts[start] = vectors
             job.done += end - start
             if job.done == len(job.inputs) and not job.future.done():
-                job.future.set_result(np.concatenate([job.parts[k] for k in sorted(job.parts)]))
+                parts = [job.parts[k] for k in sorted(job.parts)]
+                job.future.set_result(parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        with self._worker_lock:
+            if not job.future.done():
+                job.future.set_exception(exc)
 
     def shutdown(self) -> None:
         with self._worker_lock:
@@ -375,13 +371,8 @@ class ModelRuntime:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 break
-            job.dropped = True
-            if not job.future.cancel():  # a chunked job whose first chunks ran
-                with self._worker_lock:
-                    if not job.future.done():
-                        job.future.set_exception(
-                            RuntimeError(f"model {self.spec.slug} is shut down")
-                        )
+            if not job.future.cancel():  # a job whose first chunks ran
+                self._fail(job, RuntimeError(f"model {self.spec.slug} is shut down"))
         for _ in workers:
             self._jobs.put(_Job(_STOP, next(self._seq), "document", (), Future()))
         for worker in workers:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vectorsvc.config import Settings
-from vectorsvc.vectorstore import open_vector_store
+from vectorsvc.vectorstore import open_configured_store
 from vectorsvc.vectorstore.base import CollectionSpec, Filter, MatchValue, PointRecord
 from vectorsvc.vectorstore.edge import EdgeVectorStore
 
@@ -58,12 +58,8 @@ def test_inline_once_the_shard_is_open_and_never_while_the_lock_is_held(tmp_path
 def test_the_service_opens_its_store_with_the_configured_search_threads(tmp_path: Path) -> None:
     assert Settings(data_dir=tmp_path).edge_search_threads == 1
     for configured, expected in ((1, 1), (3, 3), (0, None)):  # 0: Qdrant Edge's default
-        store = open_vector_store(
-            data_dir=tmp_path / str(configured),
-            qdrant_url=None,
-            qdrant_api_key=None,
-            edge_search_threads=configured,
-        )
+        settings = Settings(data_dir=tmp_path / str(configured), edge_search_threads=configured)
+        store = open_configured_store(settings)
         assert isinstance(store, EdgeVectorStore)
         try:
             store.ensure_collection(SPEC)

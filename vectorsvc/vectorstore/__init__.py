@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from vectorsvc.vectorstore.base import (
     CollectionNotFound,
@@ -24,6 +24,9 @@ from vectorsvc.vectorstore.base import (
     VectorStoreError,
 )
 
+if TYPE_CHECKING:
+    from vectorsvc.config import Settings
+
 __all__ = [
     "CollectionNotFound",
     "CollectionSpec",
@@ -41,6 +44,7 @@ __all__ = [
     "Vector",
     "VectorStore",
     "VectorStoreError",
+    "open_configured_store",
     "open_vector_store",
 ]
 
@@ -66,3 +70,14 @@ def open_vector_store(
     from vectorsvc.vectorstore.remote import RemoteVectorStore
 
     return RemoteVectorStore.from_url(qdrant_url, api_key=qdrant_api_key)
+
+
+def open_configured_store(settings: Settings) -> VectorStore:
+    """The store the service opens with `settings` (the bench opens the same)."""
+    return open_vector_store(
+        data_dir=settings.vectors_dir,
+        qdrant_url=settings.qdrant_url,
+        qdrant_api_key=settings.qdrant_api_key,
+        vector_datatype=settings.vector_datatype,
+        edge_search_threads=settings.edge_search_threads,
+    )

@@ -106,13 +106,13 @@ class RemoteVectorStore:
 
     backend_name = "remote"
 
-    def search_inline(self, collection: str) -> bool:
-        return False  # HTTP or gRPC to the server: always from a worker thread
-
     def __init__(self, client: QdrantClient) -> None:
         self._client = client
         self._lock = threading.Lock()
         self._write_locks: dict[str, threading.Lock] = {}
+
+    def search_inline(self, collection: str) -> bool:
+        return False  # HTTP or gRPC to the server: always from a worker thread
 
     @classmethod
     def from_url(
