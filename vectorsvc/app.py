@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -39,7 +41,7 @@ from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.endpoints import router as runs_router
 from vectorsvc.runs.writes import WorkspaceLocks
 from vectorsvc.state import AppState
-from vectorsvc.vectorstore import open_configured_store
+from vectorsvc.vectorstore import VectorStore, open_configured_store
 from vectorsvc.web import install_web
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,24 @@ def build_state(
     )
 
 
+async def _warm_store(store: VectorStore, metrics: Metrics) -> int:
+    started = time.perf_counter()
+    read = await anyio.to_thread.run_sync(store.warm)
+    metrics.observe_store_warm(read, time.perf_counter() - started)
+    return read
+
+
+async def _keep_store_warm(store: VectorStore, metrics: Metrics, interval_s: float) -> None:
+    """`store.warm()` every `interval_s` (its reads release the GIL); a failure is logged
+    and retried at the next interval."""
+    while True:
+        await anyio.sleep(interval_s)
+        try:
+            await _warm_store(store, metrics)
+        except Exception:
+            logger.exception("warming the vector store failed")
+
+
 def create_app(
     settings: Settings | None = None, *, embedder_loader: EmbedderLoader | None = None
 ) -> FastAPI:
@@ -100,14 +120,25 @@ def create_app(
         await anyio.to_thread.run_sync(state.embeddings.preload, settings.preload_model_slugs)
         if settings.warm_store:
             started = time.perf_counter()
-            await anyio.to_thread.run_sync(state.store.warm)
-            logger.info("vector store warmed in %.1fs", time.perf_counter() - started)
+            read = await _warm_store(state.store, metrics)
+            logger.info(
+                "vector store warmed: %.0f MB in %.1fs", read / 1e6, time.perf_counter() - started
+            )
         logger.info("vectorsvc ready: store=%s", state.store.backend_name)
         app.state.background_runs.start()
         state.funds.start()
+        warmer = None
+        if settings.warm_store and settings.warm_store_interval_s > 0:
+            warmer = asyncio.get_running_loop().create_task(
+                _keep_store_warm(state.store, metrics, settings.warm_store_interval_s)
+            )
         try:
             yield
         finally:
+            if warmer is not None:
+                warmer.cancel()  # a warm() under way finishes first (its thread is not cut)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await warmer
             await app.state.background_runs.stop()
             await state.funds.aclose()
             await state.embeddings.aclose()

@@ -76,9 +76,13 @@ class Settings(BaseSettings):
     # How long a verified API key is remembered in memory: `vectorsvc keys revoke` (another
     # process) takes effect within this. 0 checks the database on every request.
     api_key_cache_s: float = Field(default=5.0, ge=0, le=3600)
-    # At start-up, read every stored vector once (embedded store), so that no scope's first
-    # search pays for page faults. Start-up takes about 2 s longer at 1M points.
+    # Read the embedded store's files into the page cache at start-up, and again every
+    # warm_store_interval_s while serving (0: at start-up only), so that searches do not wait
+    # on the disk (Edge holds the GIL through a page fault). About 0.3 s of reads at 1M
+    # points; hosts that page out idle file pages (these machines do after a minute) would
+    # otherwise drop them again.
     warm_store: bool = True
+    warm_store_interval_s: float = Field(default=30.0, ge=0)
     # Threads in each embedded-store collection's search pool (0: Qdrant Edge's default, one
     # per CPU). A search reads one scope's few points: handing it to a pool costs more than
     # the pool saves (16 clients: 7% more searches/s with 1 than with 2 on 2 cores). Raise it

@@ -60,6 +60,23 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.store_warm_seconds = Histogram(
+            "vectorsvc_store_warm_duration_seconds",
+            "Passes that read the embedded store's files into the page cache (start-up, then "
+            "every VECTORSVC_WARM_STORE_INTERVAL_S).",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.store_warm_bytes = Counter(
+            "vectorsvc_store_warm_bytes",
+            "Bytes those passes read.",
+            registry=self.registry,
+        )
+
+    def observe_store_warm(self, read: int, seconds: float) -> None:
+        self.store_warm_seconds.observe(seconds)
+        self.store_warm_bytes.inc(read)
+
     def observe_batch(self, model: str, kind: str, size: int, seconds: float) -> None:
         self.embed_batch_size.labels(model, kind).observe(size)
         self.embed_seconds.labels(model, kind).observe(seconds)

@@ -170,9 +170,10 @@ class VectorStore(Protocol):
     def facet(self, collection: str, key: str, *, filter: Filter, limit: int) -> dict[str, int]:
         """Counts per distinct value of keyword field `key` among points matching `filter`."""
 
-    def warm(self) -> None:
-        """Bring every collection's vectors into memory, so that the first search of each
-        scope does not pay for page faults (blocking; at start-up). May do nothing."""
+    def warm(self) -> int:
+        """Bring the stored collections into memory (the page cache), so that searches do
+        not wait on the disk; returns the bytes read. Blocking, safe beside searches and
+        writes, and cheap to repeat. May do nothing (0)."""
 
     def close(self) -> None: ...
 

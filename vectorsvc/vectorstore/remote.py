@@ -124,8 +124,9 @@ class RemoteVectorStore:
     def client(self) -> QdrantClient:
         return self._client
 
-    def warm(self) -> None:
+    def warm(self) -> int:
         """Nothing to do: a Qdrant server keeps its own memory."""
+        return 0
 
     def close(self) -> None:
         self._client.close()
