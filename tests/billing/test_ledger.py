@@ -17,6 +17,7 @@ from vectorsvc.db.database import Database
 from vectorsvc.db.models import LedgerEntry, UsageRecord
 from vectorsvc.models.pricing import Usage, format_credits, parse_credits
 from vectorsvc.models.registry import ModelSpec
+from vectorsvc.workspaces.service import create_workspace
 
 INDEX_7 = Usage(items=7)  # 7 items at 200 micro-credits = 1400
 
@@ -118,6 +119,29 @@ def test_a_batch_of_charges_is_exact_and_idempotent(
     assert again.unpaid == [] and usage_cost(db, workspace_id) == 500
     assert [e.kind for e in ledger(db, workspace_id)] == ["topup"] + ["debit"] * 5
     assert_ledger_consistent(db, workspace_id)
+
+
+def test_a_batch_larger_than_one_insert_over_two_workspaces(
+    db: Database, workspace_id: str, minilm: ModelSpec
+) -> None:
+    """Usage records go in many rows per INSERT: more runs than one holds, two workspaces,
+    and runs charged before mixed in, are each recorded and debited exactly once."""
+    with db.session() as session:
+        other = create_workspace(session, name="other").id
+    for ws in (workspace_id, other):
+        billing.top_up(db, workspace_id=ws, micro_credits=1_000_000)
+    earlier = [pending(workspace_id, f"run_a{i}", minilm) for i in range(0, 1200, 7)]
+    billing.charge_batch(db, earlier)
+    batch = [pending(workspace_id, f"run_a{i}", minilm) for i in range(1200)]
+    batch += [pending(other, f"run_b{i}", minilm) for i in range(30)]
+    result = billing.charge_batch(db, batch)
+    assert result.unpaid == []
+    assert result.balances == {workspace_id: 1_000_000 - 1200 * 100, other: 1_000_000 - 3000}
+    for ws, runs in ((workspace_id, 1200), (other, 30)):
+        assert usage_cost(db, ws) == runs * 100
+        debits = [e for e in ledger(db, ws) if e.kind == "debit"]
+        assert len(debits) == len({e.run_id for e in debits}) == runs
+        assert_ledger_consistent(db, ws)
 
 
 def test_a_batch_the_balance_no_longer_covers_is_charged_as_far_as_it_goes(

@@ -25,7 +25,16 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
-from sqlalchemy import ColumnElement, Label, SQLColumnExpression, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Label,
+    SQLColumnExpression,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -171,11 +180,8 @@ def charge_batch(
     now = datetime.now(UTC)
     with _transaction(db) as session:
         for workspace_id, pending_runs in by_workspace.items():
-            recorded: list[tuple[PendingCharge, int]] = []
-            for pending in pending_runs:
-                record_id = _record_usage(session, pending)
-                if record_id is not None:
-                    recorded.append((pending, record_id))
+            record_ids = _record_usages(session, pending_runs)
+            recorded = [(p, record_ids[p.run_id]) for p in pending_runs if p.run_id in record_ids]
             balance, _ = _open_wallet(
                 session, workspace_id=workspace_id, micro_credits=opening_micro_credits, now=now
             )
@@ -193,18 +199,23 @@ def charge_batch(
                         session.execute(delete(UsageRecord).where(UsageRecord.id == record_id))
                         unpaid.append(pending)
                 balance = _balance(session, workspace_id) + sum(p.cost for p, _ in paid)
+            entries: list[dict[str, Any]] = []
             for pending, _ in paid:
                 if pending.cost > 0:
                     balance -= pending.cost
-                    _ledger(
-                        session,
-                        workspace_id,
-                        "debit",
-                        -pending.cost,
-                        balance,
-                        now,
-                        run_id=pending.run_id,
+                    entries.append(
+                        {
+                            "workspace_id": workspace_id,
+                            "kind": "debit",
+                            "amount": -pending.cost,
+                            "balance_after": balance,
+                            "run_id": pending.run_id,
+                            "note": "",
+                            "created_at": now,
+                        }
                     )
+            if entries:  # one executemany: the ORM's per-entry flush cost 0.1 ms a search
+                session.execute(insert(_LEDGER_TABLE), entries)
             balances[workspace_id] = balance
     return BatchResult(balances=balances, unpaid=unpaid)
 
@@ -376,26 +387,51 @@ def _open_wallet(
 
 def _record_usage(session: Session, pending: PendingCharge) -> int | None:
     """Insert the run's usage record; None when the run was already charged."""
-    price = price_of(pending.spec, pending.mode)
     record_id = session.execute(
         _insert(session, UsageRecord)
-        .values(
-            workspace_id=pending.workspace_id,
-            run_id=pending.run_id,
-            model=pending.spec.slug,
-            mode=pending.mode,
-            items=pending.units.items,
-            queries=pending.units.queries,
-            requests=pending.units.requests,
-            unit=price.unit,
-            unit_price=price.micro_credits_per_unit,
-            cost=pending.cost,
-            created_at=pending.created_at,
-        )
+        .values(**_usage_row(pending))
         .on_conflict_do_nothing(index_elements=["run_id"])
         .returning(UsageRecord.id)
     ).scalar_one_or_none()
     return None if record_id is None else int(record_id)
+
+
+# Core tables: statements on them skip the ORM's per-row bookkeeping.
+_USAGE_TABLE = UsageRecord.metadata.tables[UsageRecord.__tablename__]
+_LEDGER_TABLE = LedgerEntry.metadata.tables[LedgerEntry.__tablename__]
+
+
+def _record_usages(session: Session, pending_runs: Sequence[PendingCharge]) -> dict[str, int]:
+    """Insert the runs' usage records in one executemany (SQLAlchemy sends them as
+    multi-row INSERTs of one cached statement): run id -> record id for the runs recorded
+    now (a run already charged is absent)."""
+    if not pending_runs:
+        return {}
+    table = _USAGE_TABLE
+    result = session.execute(
+        _insert(session, table)
+        .on_conflict_do_nothing(index_elements=["run_id"])
+        .returning(table.c.run_id, table.c.id),
+        [_usage_row(p) for p in pending_runs],
+    )
+    return {str(run_id): int(record_id) for run_id, record_id in result}
+
+
+def _usage_row(pending: PendingCharge) -> dict[str, Any]:
+    price = price_of(pending.spec, pending.mode)
+    return {
+        "workspace_id": pending.workspace_id,
+        "run_id": pending.run_id,
+        "model": pending.spec.slug,
+        "mode": pending.mode,
+        "items": pending.units.items,
+        "queries": pending.units.queries,
+        "requests": pending.units.requests,
+        "unit": price.unit,
+        "unit_price": price.micro_credits_per_unit,
+        "cost": pending.cost,
+        "created_at": pending.created_at,
+    }
 
 
 def _debit(session: Session, workspace_id: str, cost: int, now: datetime) -> int | None:
