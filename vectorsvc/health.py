@@ -8,11 +8,11 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from vectorsvc import __version__
-from vectorsvc.errors import Unauthenticated
+from vectorsvc.errors import ERROR_RESPONSES, Unauthenticated
 from vectorsvc.observability import Metrics
 from vectorsvc.state import StateDep
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=ERROR_RESPONSES)
 
 
 class Health(BaseModel):

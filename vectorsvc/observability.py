@@ -86,8 +86,8 @@ class Metrics:
 
 
 def _route_template(scope: Scope) -> str:
-    # FastAPI records the matched route in the scope; its router's top-level entries are
-    # included-router wrappers without a path, so matching them here finds nothing.
+    # FastAPI records the matched route in the scope; a request refused before routing (the
+    # body-size limit) is matched here against the app's routes.
     path = getattr(scope.get("route"), "path", None)
     if isinstance(path, str):
         return path

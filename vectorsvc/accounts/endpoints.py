@@ -14,10 +14,10 @@ from fastapi import APIRouter, Depends, Header, Response, status
 from vectorsvc.accounts import service
 from vectorsvc.accounts.schemas import Me, Refresh, SignIn, TokenPair, UserPublic, WorkspacePublic
 from vectorsvc.auth.dependencies import Caller, CurrentCaller
-from vectorsvc.errors import Forbidden
+from vectorsvc.errors import ERROR_RESPONSES, Forbidden
 from vectorsvc.state import StateDep
 
-router = APIRouter(prefix="/api/auth", tags=["auth"])
+router = APIRouter(prefix="/api/auth", tags=["auth"], responses=ERROR_RESPONSES)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Query
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.billing import service
 from vectorsvc.billing.schemas import UsageGroup, UsageSummaryPublic, UsageTotals, WalletPublic
+from vectorsvc.errors import ERROR_RESPONSES
 from vectorsvc.models.pricing import format_credits
 from vectorsvc.state import StateDep
 
-router = APIRouter(prefix="/api/billing", tags=["billing"])
+router = APIRouter(prefix="/api/billing", tags=["billing"], responses=ERROR_RESPONSES)
 
 
 @router.get("/wallet", response_model=WalletPublic, summary="The workspace's wallet")

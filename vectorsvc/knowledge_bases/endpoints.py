@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from vectorsvc import namespaces
 from vectorsvc.auth.dependencies import CurrentCaller
-from vectorsvc.errors import NotFound
+from vectorsvc.errors import ERROR_RESPONSES, NotFound
 from vectorsvc.knowledge_bases import service
 from vectorsvc.knowledge_bases.schemas import (
     DeleteByFilter,
@@ -19,7 +19,9 @@ from vectorsvc.knowledge_bases.schemas import (
 )
 from vectorsvc.state import StateDep
 
-router = APIRouter(prefix="/api/knowledge-bases", tags=["knowledge-bases"])
+router = APIRouter(
+    prefix="/api/knowledge-bases", tags=["knowledge-bases"], responses=ERROR_RESPONSES
+)
 
 ModelPath = Annotated[str, Path(description="Model slug", max_length=100)]
 ScopePath = Annotated[str, Path(description="Scope", max_length=64)]

@@ -14,6 +14,7 @@ import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from vectorsvc.auth.dependencies import CurrentCaller
+from vectorsvc.errors import ERROR_RESPONSES
 from vectorsvc.media.schemas import (
     MediaPublic,
     UploadComplete,
@@ -25,7 +26,7 @@ from vectorsvc.media.schemas import (
 from vectorsvc.media.service import THUMBNAIL_SIDES
 from vectorsvc.state import StateDep
 
-router = APIRouter(prefix="/api/media", tags=["media"])
+router = APIRouter(prefix="/api/media", tags=["media"], responses=ERROR_RESPONSES)
 
 
 @router.post("/upload/init", response_model=UploadInitPublic, summary="Start a media upload")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from vectorsvc.auth.dependencies import Caller, CurrentCaller
-from vectorsvc.errors import ServiceError
+from vectorsvc.errors import ERROR_RESPONSES, ServiceError
 from vectorsvc.observability import RUN_MODES, Metrics
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.schemas import (
@@ -23,7 +23,7 @@ from vectorsvc.runs.schemas import (
 from vectorsvc.runs.service import execute_run
 from vectorsvc.state import AppState, StateDep
 
-router = APIRouter(prefix="/api", tags=["runs"])
+router = APIRouter(prefix="/api", tags=["runs"], responses=ERROR_RESPONSES)
 
 _EXAMPLE = {
     "model": "all-minilm-l6-v2",

@@ -38,6 +38,5 @@ def page() -> FileResponse:
 
 
 def install_web(app: FastAPI) -> None:
-    """Add the page routes and the static mount (a router cannot carry a mount)."""
-    app.include_router(router)
+    """Add the static mount (a router cannot carry a mount); the app adds `router`."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
