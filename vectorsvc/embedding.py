@@ -16,6 +16,7 @@ searching keeps the full chunks and their throughput.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
@@ -239,6 +240,7 @@ class ModelRuntime:
                     time.perf_counter() - started,
                     self._embedder.describe(),
                 )
+                gc.freeze()  # a model loaded on first use joins the start-up objects (app.py)
             return self._embedder
 
     @property
