@@ -94,6 +94,9 @@ class ModelRegistry:
     def models(self) -> list[ModelSpec]:
         return sorted(self._by_slug.values(), key=lambda m: m.slug)
 
+    def __contains__(self, slug: object) -> bool:
+        return slug in self._by_slug
+
     def get(self, slug: str) -> ModelSpec:
         try:
             return self._by_slug[slug]

@@ -85,10 +85,9 @@ def _count_run(http_request: Request, state: AppState, body: Any, outcome: str) 
     """`vectorsvc_runs_total`: labels from closed sets only (registry slugs, run modes)."""
     fields = body if isinstance(body, dict) else {}
     model, mode = fields.get("model"), fields.get("mode") or "execute"
-    slugs = {spec.slug for spec in state.registry.models}
     metrics: Metrics = http_request.app.state.metrics
     metrics.runs.labels(
-        model if isinstance(model, str) and model in slugs else "unknown",
+        model if isinstance(model, str) and model in state.registry else "unknown",
         mode if isinstance(mode, str) and mode in RUN_MODES else "unknown",
         outcome,
     ).inc()
