@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -83,6 +84,16 @@ class Settings(BaseSettings):
     # otherwise drop them again.
     warm_store: bool = True
     warm_store_interval_s: float = Field(default=30.0, ge=0)
+    # At most this much is read each time (0: half of the machine's memory), so that a store
+    # larger than memory does not push itself out of the cache every pass.
+    warm_store_max_mb: int = Field(default=0, ge=0)
+
+    @property
+    def warm_store_max_bytes(self) -> int:
+        if self.warm_store_max_mb:
+            return self.warm_store_max_mb * 1024 * 1024
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
     # Threads in each embedded-store collection's search pool (0: Qdrant Edge's default, one
     # per CPU). A search reads one scope's few points: handing it to a pool costs more than
     # the pool saves (16 clients: 7% more searches/s with 1 than with 2 on 2 cores). Raise it

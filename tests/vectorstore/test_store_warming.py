@@ -5,6 +5,7 @@ and searches go on throughout."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
+from vectorsvc.config import Settings
 from vectorsvc.models.registry import ModelSpec
 
 pytestmark = pytest.mark.anyio
@@ -103,10 +105,10 @@ async def test_a_failed_pass_is_logged_and_the_next_one_runs(
         real_warm = store.warm
         failures = [OSError("disk went away")]
 
-        def flaky_warm() -> int:
+        def flaky_warm(max_bytes: int | None = None) -> int:
             if failures:
                 raise failures.pop()
-            return int(real_warm())
+            return int(real_warm(max_bytes))
 
         passes, _ = await _warm_metrics(service)
         with caplog.at_level(logging.ERROR, logger="vectorsvc.app"):
@@ -117,3 +119,9 @@ async def test_a_failed_pass_is_logged_and_the_next_one_runs(
                 del store.warm
         assert not failures
         assert any("warming the vector store failed" in r.getMessage() for r in caplog.records)
+
+
+def test_the_read_budget_defaults_to_half_the_memory(tmp_path: Path) -> None:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert Settings(data_dir=tmp_path).warm_store_max_bytes == memory // 2
+    assert Settings(data_dir=tmp_path, warm_store_max_mb=64).warm_store_max_bytes == 64 << 20

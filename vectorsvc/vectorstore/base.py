@@ -170,10 +170,10 @@ class VectorStore(Protocol):
     def facet(self, collection: str, key: str, *, filter: Filter, limit: int) -> dict[str, int]:
         """Counts per distinct value of keyword field `key` among points matching `filter`."""
 
-    def warm(self) -> int:
+    def warm(self, max_bytes: int | None = None) -> int:
         """Bring the stored collections into memory (the page cache), so that searches do
-        not wait on the disk; returns the bytes read. Blocking, safe beside searches and
-        writes, and cheap to repeat. May do nothing (0)."""
+        not wait on the disk; returns the bytes read (at most about `max_bytes`). Blocking,
+        safe beside searches and writes, and cheap to repeat. May do nothing (0)."""
 
     def close(self) -> None: ...
 

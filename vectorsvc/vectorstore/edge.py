@@ -293,9 +293,10 @@ class EdgeVectorStore:
     ) -> None:
         self.close()
 
-    def warm(self) -> int:
+    def warm(self, max_bytes: int | None = None) -> int:
         """Read every file of every collection's shard once, so that the operating system
-        holds them in its page cache; returns the bytes read.
+        holds them in its page cache; returns the bytes read. `max_bytes` stops it there (a
+        store larger than memory would only push itself out of the cache).
 
         A search maps what it reads from these files: its scope's vectors, and the payloads
         of its hits. A page not in the cache is a disk read, and Edge holds the GIL through
@@ -319,6 +320,8 @@ class EdgeVectorStore:
                     with open(path, "rb", buffering=0) as file:
                         while read := file.readinto(buffer):
                             total += read
+                            if max_bytes is not None and total >= max_bytes:
+                                return total
                 except (IsADirectoryError, FileNotFoundError, PermissionError):
                     continue
         return total

@@ -124,7 +124,7 @@ class RemoteVectorStore:
     def client(self) -> QdrantClient:
         return self._client
 
-    def warm(self) -> int:
+    def warm(self, max_bytes: int | None = None) -> int:
         """Nothing to do: a Qdrant server keeps its own memory."""
         return 0
 
