@@ -180,8 +180,7 @@ class _Job:
     # Whether anyone still waits for the vectors (checked before each chunk).
     wanted: Callable[[], bool] = field(default=lambda: True, compare=False)
     taken: int = field(default=0, compare=False)  # inputs handed to workers so far
-    done: int = field(default=0, compare=False)  # inputs embedded so far
-    parts: dict[int, Embeddings] = field(default_factory=dict, compare=False)
+    parts: dict[int, Embeddings] = field(default_factory=dict, compare=False)  # by start
 
 
 def _text_length(item: Any) -> int:
@@ -354,8 +353,8 @@ class ModelRuntime:
             return
         with self._worker_lock:  # completion and a failure never race
             job.parts[start] = vectors
-            job.done += end - start
-            if job.done == len(job.inputs) and not job.future.done():
+            embedded = sum(len(part) for part in job.parts.values())
+            if embedded == len(job.inputs) and not job.future.done():
                 parts = [job.parts[k] for k in sorted(job.parts)]
                 job.future.set_result(parts[0] if len(parts) == 1 else np.concatenate(parts))
 

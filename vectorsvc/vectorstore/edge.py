@@ -294,7 +294,7 @@ class EdgeVectorStore:
         self.close()
 
     def warm(self, max_bytes: int | None = None) -> int:
-        """Read every file of every collection's shard once, so that the operating system
+        """Read every segment file of every collection once, so that the operating system
         holds them in its page cache; returns the bytes read. `max_bytes` stops it there (a
         store larger than memory would only push itself out of the cache).
 
@@ -410,12 +410,17 @@ class EdgeVectorStore:
         """A collection name, or an alias of one (as Qdrant server accepts aliases)."""
         with self._lock:
             self._check_open()
-            if name in self._specs:
-                return name
-            target = self._aliases.get(name)
-            if target is not None and target in self._specs:
-                return target
-        raise CollectionNotFound(name)
+            target = self._lookup(name)
+        if target is None:
+            raise CollectionNotFound(name)
+        return target
+
+    def _lookup(self, name: str) -> str | None:
+        """The collection `name` is, or points to as an alias; the caller holds the lock."""
+        if name in self._specs:
+            return name
+        target = self._aliases.get(name)
+        return target if target is not None and target in self._specs else None
 
     def search_inline(self, collection: str) -> bool:
         """True once the collection's shard is open (opening one reads its files) and no
@@ -425,8 +430,7 @@ class EdgeVectorStore:
         try:
             if self._closed:
                 return False
-            name = collection if collection in self._specs else self._aliases.get(collection)
-            return name is not None and name in self._shards
+            return self._lookup(collection) in self._shards
         finally:
             self._lock.release()
 
