@@ -58,12 +58,12 @@ def test_serve_in_production_creates_no_workspace_and_logs_no_key(tmp_path: Path
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
-            while server.poll() is None and time.monotonic() < deadline:
+            ready = False
+            while not ready and server.poll() is None and time.monotonic() < deadline:
                 with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
+                    ready = httpx.get(f"{url}/health", timeout=2).status_code == 200
                 time.sleep(0.1)
-            assert server.poll() is None, log_path.read_text()[-3000:]
+            assert ready, log_path.read_text()[-3000:]
             assert workspace_count(data_dir) == 0
 
             # The operator's path to the first workspace and key.
