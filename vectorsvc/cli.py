@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from vectorsvc.auth.keys import create_api_key, revoke_api_key
@@ -22,6 +24,8 @@ from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.observability import configure_logging
 from vectorsvc.workspaces.service import DEV_WORKSPACE, create_workspace, get_workspace_by_name
 
+logger = logging.getLogger(__name__)
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
@@ -31,7 +35,16 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["host"] = args.host
     if getattr(args, "port", None):
         overrides["port"] = args.port
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:  # fail fast with the reason, not a traceback
+        reasons = [
+            (f"VECTORSVC_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        ]
+        message = "invalid settings: " + "; ".join(reasons)
+        raise ServiceError(message, code="invalid_settings") from None
 
 
 def _database(settings: Settings) -> Database:
@@ -42,7 +55,8 @@ def _database(settings: Settings) -> Database:
 
 
 def bootstrap_dev_workspace(settings: Settings, db: Database) -> str | None:
-    """On first start (no workspace at all), create `dev` and return its new API key."""
+    """On first start (no workspace at all), create `dev` and return its new API key.
+    Never in production: the settings turn `create_dev_workspace` off there."""
     if not settings.create_dev_workspace:
         return None
     with db.session() as session:
@@ -65,6 +79,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log_level)
+    for warning in settings.production_warnings():
+        logger.warning(warning)
     db = _database(settings)
     key = bootstrap_dev_workspace(settings, db)
     db.close()

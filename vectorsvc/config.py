@@ -7,6 +7,7 @@ from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -110,6 +111,67 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     upload_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     max_image_pixels: int = Field(default=50_000_000, ge=1)
+
+    # Deployment (see docs/deployment.md, "Safe deployment defaults"). Production creates no
+    # `dev` workspace, so no API key is ever printed; the image sets it.
+    env: Literal["development", "production"] = "development"
+    # The service's address as clients reach it (behind a proxy: the proxy's), e.g.
+    # https://vectors.example.com or https://example.com/vectorsvc. Upload URLs are built on
+    # it; unset, they are built from each request's Host header and scheme.
+    public_base_url: str | None = None
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError("must have no spaces or control characters")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, e.g. https://vectors.example.com"
+            )
+        if parts.query or parts.fragment or "?" in value or "#" in value:
+            raise ValueError("must have no query (?) or fragment (#)")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must carry no user name or password")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _production_has_no_dev_workspace(self) -> Settings:
+        if self.env != "production":
+            return self
+        if self.create_dev_workspace and "create_dev_workspace" in self.model_fields_set:
+            raise ValueError(
+                "VECTORSVC_CREATE_DEV_WORKSPACE=true is refused with VECTORSVC_ENV=production "
+                "(it would print an API key into the log); create workspaces and keys with "
+                "`vectorsvc workspace create` and `vectorsvc keys create`"
+            )
+        self.create_dev_workspace = False
+        return self
+
+    def production_warnings(self) -> list[str]:
+        """Settings that production tolerates but an operator should look at (logged at start)."""
+        if self.env != "production":
+            return []
+        warnings: list[str] = []
+        if self.public_base_url is None:
+            warnings.append(
+                "VECTORSVC_PUBLIC_BASE_URL is unset: upload URLs are built from each request's "
+                "Host header and scheme; set it to the address clients reach the service at"
+            )
+        if self.qdrant_url and not self.qdrant_api_key:
+            warnings.append(
+                "VECTORSVC_QDRANT_URL is set without VECTORSVC_QDRANT_API_KEY: anyone who "
+                "reaches that Qdrant reads and deletes every workspace's points"
+            )
+        return warnings
 
     @field_validator("qdrant_url")
     @classmethod

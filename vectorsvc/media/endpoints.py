@@ -12,6 +12,7 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.datastructures import URL
 
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES
@@ -33,8 +34,14 @@ router = APIRouter(prefix="/api/media", tags=["media"], responses=ERROR_RESPONSE
 def init_upload(
     body: UploadInit, caller: CurrentCaller, state: StateDep, request: Request
 ) -> UploadInitPublic:
+    base = state.settings.public_base_url
+
     def upload_url(upload_id: str, token: str) -> str:
-        url = request.url_for("put_upload_bytes", upload_id=upload_id)
+        if base is None:  # from the request's Host header and scheme (docs/deployment.md)
+            url = request.url_for("put_upload_bytes", upload_id=upload_id)
+        else:
+            path = request.app.url_path_for("put_upload_bytes", upload_id=upload_id)
+            url = URL(base + path)
         return str(url.include_query_params(token=token))
 
     return state.media.init_upload(
