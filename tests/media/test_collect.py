@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -24,9 +25,11 @@ from tests.conftest import Service, make_settings, running_service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import media_service, stored_files, workspace_id
 from vectorsvc.cli import main
-from vectorsvc.db.models import MediaBlob, MediaUpload
-from vectorsvc.media.service import CollectReport
+from vectorsvc.db.models import MediaUpload
 from vectorsvc.models.registry import ModelSpec
+
+if TYPE_CHECKING:
+    from vectorsvc.media.service import CollectReport
 
 pytestmark = pytest.mark.anyio
 
@@ -92,6 +95,8 @@ async def test_expired_uploads_lose_their_bytes_at_once_and_their_rows_a_day_lat
 async def test_unused_blobs_and_leftovers_are_removed_used_ones_kept(
     service: Service, uploader: Uploader
 ) -> None:
+    from vectorsvc.db.models import MediaBlob
+
     media_dir = service.settings.media_dir
     used = await uploader.upload(PNG, "image/png")
     used_blob = media_dir / "blobs" / used["sha256"][:2] / used["sha256"]

@@ -11,9 +11,10 @@ from PIL import Image
 from tests.conftest import Service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import stored_files
-from vectorsvc.media.thumbnails import THUMBNAIL_SIZES, ThumbnailCache, thumbnail_side
 
 pytestmark = pytest.mark.anyio
+
+SIZES = (64, 128, 256, 512)
 
 
 async def thumbnail(service: Service, uploader: Uploader, ref: str, max_side: int) -> Image.Image:
@@ -25,7 +26,9 @@ async def thumbnail(service: Service, uploader: Uploader, ref: str, max_side: in
 
 
 def test_max_side_rounds_up_to_a_fixed_size() -> None:
-    assert THUMBNAIL_SIZES == (64, 128, 256, 512)
+    from vectorsvc.media.thumbnails import THUMBNAIL_SIZES, thumbnail_side
+
+    assert THUMBNAIL_SIZES == SIZES
     assert [thumbnail_side(n) for n in (16, 64, 65, 100, 128, 200, 256, 300, 512)] == [
         64, 64, 128, 128, 128, 256, 256, 512, 512
     ]  # fmt: skip
@@ -43,8 +46,8 @@ async def test_any_max_side_is_served_at_one_of_four_sizes(
     for max_side in range(16, 2048, 101):
         await thumbnail(service, uploader, ref, max_side)
     cache = service.app.state.vectorsvc.media.thumbnails
-    assert {side for _, _, side in cache.keys()} == set(THUMBNAIL_SIZES)
-    assert cache.misses == len(THUMBNAIL_SIZES)
+    assert {side for _, _, side in cache.keys()} == set(SIZES)
+    assert cache.misses == len(SIZES)
     # Nothing is written beside the blob any more.
     assert [p.name for p in stored_files(service.settings.media_dir)] == [
         (await service.client.get(f"/api/media/{ref}", headers=uploader.headers)).json()["sha256"]
@@ -93,6 +96,8 @@ async def test_the_cache_is_per_workspace(
 
 
 def test_the_cache_is_bounded_in_bytes_and_drops_the_least_recently_used() -> None:
+    from vectorsvc.media.thumbnails import ThumbnailCache
+
     cache = ThumbnailCache(max_bytes=250)
     for n in range(5):
         cache.put(("ws_a", f"media_{n}", 64), bytes(100))
