@@ -42,7 +42,7 @@ MIB = 1024 * 1024
 def photo(size: tuple[int, int]) -> bytes:
     from skimage import data
 
-    image = Image.fromarray(data.chelsea()).resize(size, Image.Resampling.BICUBIC)
+    image = Image.fromarray(data.chelsea()).resize(size, Image.Resampling.BICUBIC)  # type: ignore[no-untyped-call]
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
