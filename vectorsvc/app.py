@@ -109,6 +109,20 @@ async def _keep_store_warm(
             logger.exception("warming the vector store failed")
 
 
+async def _collect_media(media: MediaService, interval_s: float) -> None:
+    """`media.collect()` every `interval_s`: expired uploads and unreferenced blobs go; a
+    failure is logged and retried at the next interval."""
+    while True:
+        await anyio.sleep(interval_s)
+        try:
+            report = await anyio.to_thread.run_sync(media.collect)
+        except Exception:
+            logger.exception("collecting media failed")
+            continue
+        if report.removed_anything():
+            logger.info("media collected: %s", report)
+
+
 def create_app(
     settings: Settings | None = None, *, embedder_loader: EmbedderLoader | None = None
 ) -> FastAPI:
@@ -152,9 +166,18 @@ def create_app(
                     settings.warm_store_max_bytes,
                 )
             )
+        collector = None
+        if settings.media_gc_interval_s > 0:
+            collector = asyncio.get_running_loop().create_task(
+                _collect_media(state.media, settings.media_gc_interval_s)
+            )
         try:
             yield
         finally:
+            if collector is not None:
+                collector.cancel()  # a collect() under way finishes first (its thread is not cut)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await collector
             if warmer is not None:
                 warmer.cancel()  # a warm() under way finishes first (its thread is not cut)
                 with contextlib.suppress(asyncio.CancelledError):

@@ -215,6 +215,21 @@ def cmd_store_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_media_gc(args: argparse.Namespace) -> int:
+    """Purge expired uploads and unreferenced blobs now (safe while the service runs)."""
+    from vectorsvc.media.service import MediaService
+
+    settings = _settings(args)
+    db = _database(settings)
+    try:
+        report = MediaService.from_settings(settings, db).collect()
+    finally:
+        db.close()
+    for name, value in vars(report).items():
+        print(f"{name}: {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vectorsvc", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -262,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="compact collections to on-disk segments (offline: stop the service first)",
     )
     s_optimize.set_defaults(func=cmd_store_optimize)
+
+    media = sub.add_parser("media", help="maintain media storage")
+    media_sub = media.add_subparsers(dest="action", required=True)
+    md_gc = media_sub.add_parser(
+        "gc",
+        parents=[common],
+        help="purge expired uploads and blobs no media uses (safe while the service runs)",
+    )
+    md_gc.set_defaults(func=cmd_media_gc)
 
     users = sub.add_parser("users", help="manage users who sign in to the web page")
     users_sub = users.add_subparsers(dest="action", required=True)

@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     upload_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     max_image_pixels: int = Field(default=50_000_000, ge=1)
+    # Media storage per workspace (stored media plus uploads still open count, so parallel
+    # inits cannot overshoot), and how often expired uploads and unreferenced blobs are
+    # collected (0: never while serving; `vectorsvc media gc` does it on demand).
+    media_quota_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    media_quota_count: int = Field(default=10_000, ge=1)
+    media_gc_interval_s: float = Field(default=3600.0, ge=0)
+    # Rendered thumbnails kept in memory, per workspace, least recently used out first.
+    thumbnail_cache_mb: int = Field(default=64, ge=0, le=65536)
 
     # Deployment (see docs/deployment.md, "Safe deployment defaults"). Production creates no
     # `dev` workspace, so no API key is ever printed; the image sets it.

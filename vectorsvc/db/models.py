@@ -53,6 +53,7 @@ class MediaUpload(Base):
     """One upload: init -> PUT the bytes -> complete. The PUT token is stored only hashed."""
 
     __tablename__ = "media_uploads"
+    __table_args__ = (Index("ix_media_uploads_workspace_status", "workspace_id", "status"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     workspace_id: Mapped[str] = mapped_column(
@@ -90,6 +91,18 @@ class Media(Base):
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MediaBlob(Base):
+    """One stored blob (a distinct sha256). The row is what a completing upload and the
+    collector lock, so that a blob is never deleted while an upload comes to refer to it."""
+
+    __tablename__ = "media_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class User(Base):

@@ -1,4 +1,4 @@
-"""Media API: upload (init, PUT bytes, complete), metadata and thumbnails.
+"""Media API: upload (init, PUT bytes, complete), metadata, thumbnails, usage and delete.
 
 Every endpoint but the PUT needs the caller's credentials and sees only its workspace's
 uploads and media. The PUT is authorised by the unguessable single-use token in its URL,
@@ -16,15 +16,18 @@ from starlette.datastructures import URL
 
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES
+from vectorsvc.media.references import MediaReference, find_references
 from vectorsvc.media.schemas import (
     MediaPublic,
+    MediaUsagePublic,
     UploadComplete,
     UploadCompletePublic,
     UploadInit,
     UploadInitPublic,
     UploadReceivedPublic,
 )
-from vectorsvc.media.service import THUMBNAIL_SIDES
+from vectorsvc.media.service import MediaObject
+from vectorsvc.media.thumbnails import MAX_SIDE_RANGE, thumbnail_side
 from vectorsvc.state import StateDep
 
 router = APIRouter(prefix="/api/media", tags=["media"], responses=ERROR_RESPONSES)
@@ -87,6 +90,11 @@ def complete_upload(
     return state.media.complete_upload(workspace_id=caller.workspace_id, upload_id=body.upload_id)
 
 
+@router.get("/usage", response_model=MediaUsagePublic, summary="Media storage against the quota")
+def get_usage(caller: CurrentCaller, state: StateDep) -> MediaUsagePublic:
+    return state.media.usage(workspace_id=caller.workspace_id)
+
+
 @router.get("/{media_ref}", response_model=MediaPublic, summary="Media metadata")
 def get_media(media_ref: str, caller: CurrentCaller, state: StateDep) -> MediaPublic:
     return state.media.resolve(workspace_id=caller.workspace_id, media_ref=media_ref).public()
@@ -102,15 +110,49 @@ async def get_thumbnail(
     media_ref: str,
     caller: CurrentCaller,
     state: StateDep,
-    max_side: Annotated[int, Query(ge=THUMBNAIL_SIDES[0], le=THUMBNAIL_SIDES[1])] = 256,
+    max_side: Annotated[
+        int,
+        Query(
+            ge=MAX_SIDE_RANGE[0],
+            le=MAX_SIDE_RANGE[1],
+            description="Rounded up to 64, 128, 256 or 512 (512 at most)",
+        ),
+    ] = 256,
 ) -> Response:
+    side = thumbnail_side(max_side)
     media = await anyio.to_thread.run_sync(
         partial(state.media.resolve, workspace_id=caller.workspace_id, media_ref=media_ref)
     )
-    data = await anyio.to_thread.run_sync(state.media.thumbnail_bytes, media, max_side)
+    data = await anyio.to_thread.run_sync(state.media.thumbnail_bytes, media, side)
     # Content-addressed, so the same URL always yields the same bytes for this caller.
     return Response(
         content=data,
         media_type="image/jpeg",
-        headers={"Cache-Control": "private, max-age=86400", "ETag": f'"{media.sha256}-{max_side}"'},
+        headers={"Cache-Control": "private, max-age=86400", "ETag": f'"{media.sha256}-{side}"'},
     )
+
+
+@router.delete(
+    "/{media_ref}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete media no indexed item uses (409 media_in_use lists those that do)",
+)
+async def delete_media(media_ref: str, caller: CurrentCaller, state: StateDep) -> Response:
+    def references(media: MediaObject) -> list[MediaReference]:
+        return find_references(
+            state.store, state.registry, workspace_id=media.workspace_id, media_ref=media_ref
+        )
+
+    # The workspace's write lock: no index run of it stores a point between the check for
+    # points that use the media and the delete.
+    async with state.write_locks.get(caller.workspace_id):
+        await anyio.to_thread.run_sync(
+            partial(
+                state.media.delete,
+                workspace_id=caller.workspace_id,
+                media_ref=media_ref,
+                references=references,
+            )
+        )
+    return Response(status_code=204)

@@ -68,3 +68,12 @@ class MediaPublic(BaseModel):
     width: int | None
     height: int | None
     created_at: datetime
+
+
+class MediaUsagePublic(BaseModel):
+    """A workspace's media storage against its quota; open uploads count as their size."""
+
+    used_bytes: int
+    limit_bytes: int
+    used_count: int
+    limit_count: int

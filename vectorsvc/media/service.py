@@ -8,16 +8,31 @@ leaves the upload pending, so the client may PUT the right bytes again until it 
 
 Use: `MediaService.resolve` (or `resolve_media`) turns a workspace's `media_ref` into a
 `MediaObject`; `load_image` and `thumbnail_bytes` read it.
+
+Storage is bounded and collected:
+- Quota: a workspace's stored media plus its open uploads (pending or received, not yet
+  expired) stay within `media_quota_bytes` and `media_quota_count`. `init_upload` inserts
+  the new upload first and sums after it, in one transaction that holds the workspace (the
+  row lock on Postgres, the database write lock on SQLite), so parallel inits cannot
+  overshoot.
+- Blobs: every blob has a `media_blobs` row. A completing upload locks (or inserts) that row
+  before it moves its bytes in; deleting media and the collector lock it too before they
+  look for media rows of that digest and delete the file. So a blob is never deleted while
+  an upload is coming to refer to it: one of the two waits for the other's commit.
+- `delete` removes one media item once no point refers to it (the caller checks, under the
+  workspace's write lock) and its blob once no media row of any workspace refers to it.
+- `collect` marks expired uploads, purges their rows a day later, and removes orphaned
+  received bodies, partial bodies, unreferenced blobs and the shared thumbnails of earlier
+  versions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -25,11 +40,13 @@ from pathlib import Path
 
 import anyio
 from PIL import Image
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import Media, MediaUpload
+from vectorsvc.db.models import Media, MediaBlob, MediaUpload, Workspace
 from vectorsvc.errors import (
     BadRequest,
     Conflict,
@@ -46,24 +63,30 @@ from vectorsvc.media.content import (
     is_image_type,
     load_rgb,
 )
+from vectorsvc.media.references import MediaReference
 from vectorsvc.media.schemas import (
     MediaPublic,
+    MediaUsagePublic,
     UploadCompletePublic,
     UploadInit,
     UploadInitPublic,
     UploadReceivedPublic,
 )
 from vectorsvc.media.storage import BlobStore, blob_path
+from vectorsvc.media.thumbnails import ThumbnailCache, render_thumbnail, thumbnail_side
 
 UPLOAD_ID_PREFIX = "studio_upload_"
 MEDIA_REF_PREFIX = "media_"
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
-THUMBNAIL_SIDES = (16, 2048)  # smallest and largest `max_side` a thumbnail may have
 
 # PUT bodies are written in pieces of this size, each in a worker thread.
 _WRITE_CHUNK = 1 << 20
 # How many expired uploads one sweep deletes the bytes of (sweeps run on init).
 _SWEEP_BATCH = 100
+# An expired upload's row stays this long (complete answers 410 upload_expired, not 404).
+EXPIRED_UPLOAD_RETENTION = timedelta(days=1)
+# Rows the collector deletes per transaction.
+_PURGE_BATCH = 500
 
 PENDING, RECEIVED, COMPLETED, EXPIRED = "pending", "received", "completed", "expired"
 
@@ -207,39 +230,26 @@ def load_image(media: MediaObject, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     """Decode `media` as an upright (EXIF-transposed) RGB image, refusing too many pixels."""
     if not media.is_image:
         raise _not_an_image(media)
+    _require_blob(media)
     return load_rgb(media.path, max_pixels=max_pixels)
 
 
 def thumbnail_bytes(
     media: MediaObject, max_side: int = 256, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 ) -> bytes:
-    """A JPEG no larger than `max_side` on either side, cached on disk beside the blob.
+    """A JPEG thumbnail at `max_side` rounded up to the next of `THUMBNAIL_SIZES` (uncached:
+    `MediaService.thumbnail_bytes` caches per workspace)."""
+    side = thumbnail_side(max_side)
+    if not media.is_image:
+        raise _not_an_image(media)
+    _require_blob(media)
+    return render_thumbnail(media.path, side, max_pixels=max_pixels)
 
-    The cache is keyed by the blob's digest, so identical uploads share their thumbnails.
-    """
-    low, high = THUMBNAIL_SIDES
-    if not low <= max_side <= high:
-        raise ValidationFailed(
-            f"max_side must be between {low} and {high}", field="max_side", code="invalid_max_side"
-        )
-    cached = media.path.with_name(f"{media.path.name}.thumb{max_side}.jpg")
-    try:
-        return cached.read_bytes()
-    except FileNotFoundError:
-        pass
-    image = load_image(media, max_pixels=max_pixels)
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85, optimize=True)
-    data = buffer.getvalue()
-    # Write then rename, so that concurrent readers see the whole file or none.
-    temp = cached.with_name(f"{cached.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, cached)
-    finally:
-        temp.unlink(missing_ok=True)
-    return data
+
+def _require_blob(media: MediaObject) -> None:
+    # Deleted after it was resolved (a concurrent DELETE): not found, rather than undecodable.
+    if not media.path.is_file():
+        raise _media_not_found(media.media_ref, "media_ref")
 
 
 def _not_an_image(media: MediaObject) -> ValidationFailed:
@@ -261,12 +271,18 @@ class MediaService:
         max_upload_bytes: int,
         upload_ttl_s: int,
         max_image_pixels: int,
+        quota_bytes: int,
+        quota_count: int,
+        thumbnail_cache_bytes: int,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.max_upload_bytes = max_upload_bytes
         self.upload_ttl = timedelta(seconds=upload_ttl_s)
         self.max_image_pixels = max_image_pixels
+        self.quota_bytes = quota_bytes
+        self.quota_count = quota_count
+        self.thumbnails = ThumbnailCache(thumbnail_cache_bytes)
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database) -> MediaService:
@@ -276,6 +292,9 @@ class MediaService:
             max_upload_bytes=settings.max_upload_bytes,
             upload_ttl_s=settings.upload_ttl_s,
             max_image_pixels=settings.max_image_pixels,
+            quota_bytes=settings.media_quota_bytes,
+            quota_count=settings.media_quota_count,
+            thumbnail_cache_bytes=settings.thumbnail_cache_mb * 1024 * 1024,
         )
 
     # -- upload ---------------------------------------------------------------------------
@@ -303,8 +322,14 @@ class MediaService:
         self.sweep_expired()
         upload_id = f"{UPLOAD_ID_PREFIX}{secrets.token_hex(16)}"
         token = secrets.token_urlsafe(32)
-        expires_at = _utcnow() + self.upload_ttl
+        now = _utcnow()
+        expires_at = now + self.upload_ttl
         with self.db.session() as session:
+            # One init per workspace at a time on Postgres (no-op on SQLite, where the insert
+            # below takes the database's write lock before the sum is read).
+            session.execute(
+                select(Workspace.id).where(Workspace.id == workspace_id).with_for_update()
+            )
             session.add(
                 MediaUpload(
                     id=upload_id,
@@ -318,6 +343,10 @@ class MediaService:
                     expires_at=expires_at,
                 )
             )
+            session.flush()
+            usage = _usage(session, workspace_id, now)
+            if usage.bytes > self.quota_bytes or usage.count > self.quota_count:
+                raise self._quota_exceeded(usage, request.size_bytes)  # rolls the insert back
         return UploadInitPublic(
             upload_id=upload_id,
             upload_url=upload_url(upload_id, token),
@@ -443,7 +472,10 @@ class MediaService:
     def complete_upload(self, *, workspace_id: str, upload_id: str) -> UploadCompletePublic:
         """Store the received bytes and return their `media_ref`; idempotent."""
         for _ in range(2):
-            completed = self._try_complete(workspace_id=workspace_id, upload_id=upload_id)
+            try:
+                completed = self._try_complete(workspace_id=workspace_id, upload_id=upload_id)
+            except IntegrityError:
+                continue  # Postgres: a concurrent upload of the same bytes made the blob row
             if completed is not None:
                 return completed
         # Lost the race twice to a concurrent complete that then rolled back.
@@ -482,6 +514,7 @@ class MediaService:
             ).first()
             if claimed is None:
                 return None  # a concurrent complete won: read its result
+            _hold_blob(session, upload.sha256, upload.size_bytes)
             self.blobs.adopt(self.blobs.incoming_path(upload_id), upload.sha256)
             media = Media(
                 workspace_id=workspace_id,
@@ -530,7 +563,194 @@ class MediaService:
         return load_image(media, max_pixels=self.max_image_pixels)
 
     def thumbnail_bytes(self, media: MediaObject, max_side: int = 256) -> bytes:
-        return thumbnail_bytes(media, max_side, max_pixels=self.max_image_pixels)
+        """The thumbnail at `max_side` rounded up to a fixed size, cached for its workspace."""
+        key = (media.workspace_id, media.media_ref, thumbnail_side(max_side))
+        cached = self.thumbnails.get(key)
+        if cached is not None:
+            return cached
+        data = thumbnail_bytes(media, key[2], max_pixels=self.max_image_pixels)
+        self.thumbnails.put(key, data)
+        return data
+
+    # -- quota, delete, collect -------------------------------------------------------------
+
+    def usage(self, *, workspace_id: str) -> MediaUsagePublic:
+        """What the workspace's media and open uploads hold, against its quota."""
+        with self.db.session() as session:
+            usage = _usage(session, workspace_id, _utcnow())
+        return MediaUsagePublic(
+            used_bytes=usage.bytes,
+            limit_bytes=self.quota_bytes,
+            used_count=usage.count,
+            limit_count=self.quota_count,
+        )
+
+    def _quota_exceeded(self, usage: _Usage, size_bytes: int) -> Conflict:
+        used_bytes, used_count = usage.bytes - size_bytes, usage.count - 1
+        if usage.bytes > self.quota_bytes:
+            what = (
+                f"{used_bytes} of its {self.quota_bytes} bytes (VECTORSVC_MEDIA_QUOTA_BYTES) "
+                f"are in use and this upload is {size_bytes} bytes"
+            )
+        else:
+            what = (
+                f"{used_count} of its {self.quota_count} media items "
+                "(VECTORSVC_MEDIA_QUOTA_COUNT) are in use"
+            )
+        return Conflict(
+            f"the workspace's media quota is full: {what} (uploads not yet completed or "
+            "expired count too); delete media with DELETE /api/media/{media_ref}",
+            field="size_bytes",
+            code="media_quota_exceeded",
+            details={
+                "limit_bytes": self.quota_bytes,
+                "used_bytes": used_bytes,
+                "requested_bytes": size_bytes,
+                "limit_count": self.quota_count,
+                "used_count": used_count,
+            },
+        )
+
+    def delete(
+        self,
+        *,
+        workspace_id: str,
+        media_ref: str,
+        references: Callable[[MediaObject], Sequence[MediaReference]],
+    ) -> None:
+        """Delete the workspace's media `media_ref` unless `references(media)` finds points
+        that use it (`409 media_in_use` listing them); its blob goes too when no media row
+        of any workspace uses it. Blocking. The caller holds the workspace's write lock, so
+        that no index run stores a point between the check and the delete."""
+        media = self.resolve(workspace_id=workspace_id, media_ref=media_ref)
+        found = references(media)
+        if found:
+            points = sum(ref.points for ref in found)
+            where = ", ".join(f"{ref.model}/{ref.scope}" for ref in found)
+            raise Conflict(
+                f"media {media_ref!r} is used by {points} indexed item(s) in {where}; delete "
+                "those items first (details.references lists their ids), then the media",
+                field="media_ref",
+                code="media_in_use",
+                details={"references": [ref.public() for ref in found]},
+            )
+        with self.db.session() as session:
+            row = session.get(Media, (workspace_id, media_ref))
+            if row is None:  # a concurrent delete won
+                raise _media_not_found(media_ref, "media_ref")
+            session.delete(row)
+            # The upload goes too: completing it again answers 404, not a lost media row.
+            session.execute(delete(MediaUpload).where(MediaUpload.id == row.upload_id))
+            session.flush()
+            self._drop_blob_if_unused(session, row.sha256, adopt_orphan=False)
+        self.thumbnails.discard(workspace_id, media_ref)
+
+    def _drop_blob_if_unused(self, session: Session, sha256: str, *, adopt_orphan: bool) -> int:
+        """Delete blob `sha256` if no media row uses it; the bytes freed.
+
+        Locks the blob's row first: a completing upload of the same bytes locks it too, so
+        one waits for the other. `adopt_orphan` takes a blob file that has no row (left by a
+        crash) by inserting its row, which raises `IntegrityError` on Postgres when an upload
+        is inserting it at the same moment.
+        """
+        held = session.execute(
+            update(MediaBlob)
+            .where(MediaBlob.sha256 == sha256)
+            .values(last_used_at=_utcnow())
+            .returning(MediaBlob.sha256)
+        ).first()
+        if held is None:
+            if not adopt_orphan:
+                return 0  # no row: the collector deals with the file
+            session.add(MediaBlob(sha256=sha256, size_bytes=self.blobs.blob_size(sha256)))
+            session.flush()
+        used = session.scalar(select(Media.media_ref).where(Media.sha256 == sha256).limit(1))
+        if used is not None:
+            return 0
+        freed = self.blobs.remove_blob(sha256)  # before the commit, while the row is held
+        session.execute(delete(MediaBlob).where(MediaBlob.sha256 == sha256))
+        return freed
+
+    def collect(self, *, now: datetime | None = None) -> CollectReport:
+        """Purge expired uploads and remove every file the store holds for nothing. Blocking;
+        safe beside uploads, completions and deletes, in this and other processes."""
+        now = now or _utcnow()
+        report = CollectReport()
+        while swept := self.sweep_expired(now=now):
+            report.uploads_expired += swept
+        report.uploads_purged = self._purge_uploads(before=now - EXPIRED_UPLOAD_RETENTION)
+        report.incoming_removed = self._remove_orphaned_incoming(
+            before=now - self.upload_ttl - timedelta(hours=1)
+        )
+        report.partial_removed = self.blobs.sweep_temp()
+        for legacy in self.blobs.legacy_files():
+            legacy.unlink(missing_ok=True)
+            report.legacy_thumbnails_removed += 1
+        for sha256 in self._unused_blob_candidates():
+            try:
+                with self.db.session() as session:
+                    freed = self._drop_blob_if_unused(session, sha256, adopt_orphan=True)
+            except IntegrityError:
+                continue  # an upload is completing with these bytes: keep them
+            if freed:
+                report.blobs_removed += 1
+                report.bytes_freed += freed
+        return report
+
+    def _purge_uploads(self, *, before: datetime) -> int:
+        """Delete the rows (and any received bytes) of uploads that expired before `before`."""
+        purged = 0
+        while True:
+            with self.db.session() as session:
+                ids = session.scalars(
+                    select(MediaUpload.id)
+                    .where(
+                        MediaUpload.status.in_((PENDING, RECEIVED, EXPIRED)),
+                        MediaUpload.expires_at <= before,
+                    )
+                    .limit(_PURGE_BATCH)
+                ).all()
+                if not ids:
+                    return purged
+                session.execute(delete(MediaUpload).where(MediaUpload.id.in_(ids)))
+                for upload_id in ids:
+                    self.blobs.incoming_path(upload_id).unlink(missing_ok=True)
+                purged += len(ids)
+
+    def _remove_orphaned_incoming(self, *, before: datetime) -> int:
+        """Delete received bodies no received upload owns (a crash between the move and the
+        commit). Only old ones: a PUT moves its body in before its transaction commits."""
+        cutoff = before.timestamp()
+        old = [upload_id for upload_id, mtime in self.blobs.incoming_files() if mtime < cutoff]
+        removed = 0
+        for start in range(0, len(old), _PURGE_BATCH):
+            batch = old[start : start + _PURGE_BATCH]
+            with self.db.session() as session:
+                owned = set(
+                    session.scalars(
+                        select(MediaUpload.id).where(
+                            MediaUpload.id.in_(batch), MediaUpload.status == RECEIVED
+                        )
+                    )
+                )
+            for upload_id in batch:
+                if upload_id not in owned:
+                    self.blobs.incoming_path(upload_id).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def _unused_blob_candidates(self) -> list[str]:
+        """Digests that may be unused: rows no media row refers to, and files without a row.
+        Each is checked again, under its row's lock, before anything is deleted."""
+        with self.db.session() as session:
+            unused = session.scalars(
+                select(MediaBlob.sha256).where(
+                    ~select(Media.media_ref).where(Media.sha256 == MediaBlob.sha256).exists()
+                )
+            ).all()
+            known = set(session.scalars(select(MediaBlob.sha256)))
+        orphans = [sha256 for sha256 in self.blobs.blob_digests() if sha256 not in known]
+        return [*unused, *orphans]
 
 
 def _complete_public(media: Media) -> UploadCompletePublic:
@@ -540,3 +760,58 @@ def _complete_public(media: Media) -> UploadCompletePublic:
         size_bytes=media.size_bytes,
         content_type=media.content_type,
     )
+
+
+@dataclass(frozen=True)
+class _Usage:
+    bytes: int
+    count: int
+
+
+def _usage(session: Session, workspace_id: str, now: datetime) -> _Usage:
+    """Stored media plus uploads still open (pending or received, not expired)."""
+    stored_bytes, stored_count = session.execute(
+        select(func.coalesce(func.sum(Media.size_bytes), 0), func.count()).where(
+            Media.workspace_id == workspace_id
+        )
+    ).one()
+    open_bytes, open_count = session.execute(
+        select(func.coalesce(func.sum(MediaUpload.size_bytes), 0), func.count()).where(
+            MediaUpload.workspace_id == workspace_id,
+            MediaUpload.status.in_((PENDING, RECEIVED)),
+            MediaUpload.expires_at > now,
+        )
+    ).one()
+    return _Usage(
+        bytes=int(stored_bytes) + int(open_bytes), count=int(stored_count) + int(open_count)
+    )
+
+
+def _hold_blob(session: Session, sha256: str, size_bytes: int) -> None:
+    """Lock blob `sha256`'s row, inserting it if absent, until the session commits: the
+    collector and deletes lock it before they delete the file (see `_drop_blob_if_unused`)."""
+    held = session.execute(
+        update(MediaBlob)
+        .where(MediaBlob.sha256 == sha256)
+        .values(last_used_at=_utcnow())
+        .returning(MediaBlob.sha256)
+    ).first()
+    if held is None:
+        session.add(MediaBlob(sha256=sha256, size_bytes=size_bytes))
+        session.flush()  # IntegrityError on Postgres if another upload inserts it now
+
+
+@dataclass
+class CollectReport:
+    """What one `MediaService.collect` removed."""
+
+    uploads_expired: int = 0
+    uploads_purged: int = 0
+    incoming_removed: int = 0
+    partial_removed: int = 0
+    legacy_thumbnails_removed: int = 0
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+
+    def removed_anything(self) -> bool:
+        return any(vars(self).values())

@@ -3,12 +3,13 @@
 Layout:
 
     <media_dir>/blobs/ab/ab12...ef              one file per distinct sha256 (deduplicated)
-    <media_dir>/blobs/ab/ab12...ef.thumb256.jpg  thumbnails, cached beside their blob
     <media_dir>/incoming/<upload_id>            bytes received by a PUT, not yet completed
     <media_dir>/tmp/                            partial PUT bodies while they stream in
 
 Every file appears by `os.replace` from a temp file on the same filesystem, so a reader
-never sees a half-written blob or thumbnail.
+never sees a half-written blob. Thumbnails are not stored here: they are cached in memory,
+per workspace (`vectorsvc.media.thumbnails`); files named `<sha256>.thumb<N>.jpg` beside a
+blob are the shared cache of earlier versions, removed by the collector.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -67,11 +69,56 @@ class BlobStore:
         os.replace(source, target)
         return target
 
-    def sweep_temp(self, *, older_than_s: float = 24 * 3600) -> None:
-        """Delete partial PUT bodies left by a crash. Only old ones: another process sharing
-        this directory may be streaming into a recent one."""
+    def blob_size(self, sha256: str) -> int:
+        try:
+            return self.blob_path(sha256).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def remove_blob(self, sha256: str) -> int:
+        """Delete the blob `sha256` and any thumbnails of earlier versions beside it; the
+        bytes freed. The caller holds the blob's `media_blobs` row (see `MediaService`)."""
+        path = self.blob_path(sha256)
+        freed = 0
+        for file in (path, *path.parent.glob(f"{sha256}.thumb*")):
+            with contextlib.suppress(FileNotFoundError):
+                size = file.stat().st_size
+                file.unlink()
+                freed += size
+        return freed
+
+    def blob_digests(self) -> Iterator[str]:
+        """The digest of every blob file on disk."""
+        for shard in self.blobs_dir.iterdir():
+            if shard.is_dir():
+                for file in shard.iterdir():
+                    if _SHA256_HEX.match(file.name):
+                        yield file.name
+
+    def legacy_files(self) -> Iterator[Path]:
+        """Files in the blob directories that are not blobs: the shared thumbnails of earlier
+        versions (`<sha256>.thumb<N>.jpg`) and their temp files."""
+        for shard in self.blobs_dir.iterdir():
+            if shard.is_dir():
+                for file in shard.iterdir():
+                    if ".thumb" in file.name and file.is_file():
+                        yield file
+
+    def incoming_files(self) -> Iterator[tuple[str, float]]:
+        """(upload id, modification time) of each received body waiting for completion."""
+        for file in self.incoming_dir.iterdir():
+            if _UPLOAD_ID.match(file.name):
+                with contextlib.suppress(FileNotFoundError):
+                    yield file.name, file.stat().st_mtime
+
+    def sweep_temp(self, *, older_than_s: float = 24 * 3600) -> int:
+        """Delete partial PUT bodies left by a crash; how many. Only old ones: another process
+        sharing this directory may be streaming into a recent one."""
         cutoff = time.time() - older_than_s
+        removed = 0
         for part in self.tmp_dir.glob("part-*"):
             with contextlib.suppress(FileNotFoundError):
                 if part.stat().st_mtime < cutoff:
                     part.unlink()
+                    removed += 1
+        return removed
