@@ -93,6 +93,30 @@ class Funds:
         self._reserved[workspace_id] = self._reserved.get(workspace_id, 0) + cost
         return Reservation(workspace_id, cost)
 
+    def hold(self, workspace_id: str, cost: int) -> Reservation:
+        """Set `cost` aside whatever the balance: funds reserved before a restart (queued
+        background runs), recomputed at start-up. New work is refused while they exceed it."""
+        if cost > 0:
+            self._reserved[workspace_id] = self._reserved.get(workspace_id, 0) + cost
+        return Reservation(workspace_id, max(cost, 0))
+
+    async def draw(self, source: Reservation, cost: int) -> Reservation:
+        """A reservation of `cost` for one charge, taken out of `source` (funds set aside
+        earlier for a whole background run) as far as it goes; the rest, if any, is reserved
+        now (402 if it cannot be). What `source` keeps is released with it."""
+        taken = 0 if source.settled else min(cost, source.cost)
+        source.cost -= taken  # no await since: the workspace's total reserved is unchanged
+        drawn = Reservation(source.workspace_id, taken)
+        if taken < cost:
+            try:
+                extra = await self.reserve(source.workspace_id, cost - taken)
+            except BaseException:
+                self.release(drawn)
+                raise
+            drawn.cost += extra.cost
+            extra.settled = True
+        return drawn
+
     async def check(self, workspace_id: str, cost: int) -> None:
         """402 `insufficient_funds` now if `cost` could not be reserved; reserves nothing."""
         self.release(await self.reserve(workspace_id, cost))
