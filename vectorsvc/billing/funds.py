@@ -89,7 +89,10 @@ class Funds:
             balance = await self._read_balance(workspace_id)  # a refusal reads it first
         available = balance - self._reserved.get(workspace_id, 0)
         if available < cost:
-            raise insufficient_funds(balance=max(available, 0), cost=cost)
+            reserved = self._reserved.get(workspace_id, 0)
+            raise insufficient_funds(
+                balance=max(available, 0), cost=cost, reserved=min(reserved, balance)
+            )
         self._reserved[workspace_id] = self._reserved.get(workspace_id, 0) + cost
         return Reservation(workspace_id, cost)
 
