@@ -201,3 +201,36 @@ async def test_reservations_of_queued_runs_are_recomputed_after_a_restart(
         assert charged_chunks(svc, queued["id"]) == 50
         one = await submit(svc, key, texts(1, start=500))
         assert (await wait_for(svc, key, one["id"], finished))["status"] == "succeeded"
+
+
+async def test_many_workspaces_take_turns_and_each_run_keeps_its_duplicates_rule(
+    tmp_path: Path, models_dir: Path, embedder_loader: Loader
+) -> None:
+    # More workspaces than runs kept open in memory: each turn reads a run back from its file.
+    settings = make_settings(tmp_path / "data", models_dir, background_chunk_size=4)
+    async with running_service(settings, embedder_loader) as svc:
+        keys = [svc.new_key(f"ws{n}") for n in range(6)]
+        await worker(svc).stop()
+        runs = []
+        for key in keys:
+            items = texts(40)
+            items[1]["text"] = "   "  # invalid: its id is not taken...
+            items[20]["id"] = items[1]["id"]  # ...so this later item with that id is indexed
+            items[30]["id"] = items[2]["id"]  # a real duplicate
+            runs.append(await submit(svc, key, items))
+        await worker(svc).start()
+        for key, accepted in zip(keys, runs, strict=True):
+            run = await wait_for(svc, key, accepted["id"], finished)
+            assert run["status"] == "succeeded", run
+            assert run["progress"] == {"total": 40, "done": 38, "skipped": 0, "failed": 2}
+            assert {e["index"]: e["code"] for e in run["errors"]} == {
+                1: "invalid_item",
+                30: "duplicate_id",
+            }
+        with svc.db.session() as session:
+            order = session.scalars(select(UsageRecord.run_id).order_by(UsageRecord.id)).all()
+        owners = [run_key.split(":")[0] for run_key in order]
+        # Round robin: the first turn gives every workspace one chunk, and so does each later
+        # turn while all have work.
+        for turn in range(10):
+            assert sorted(owners[turn * 6 : turn * 6 + 6]) == sorted(r["id"] for r in runs)

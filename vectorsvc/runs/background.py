@@ -156,6 +156,7 @@ class BackgroundRuns:
         self._queue = FairQueue()
         self._held: dict[str, Reservation] = {}  # run id -> what is left of its funds
         self._open: OrderedDict[str, _OpenRun] = OrderedDict()  # least recently used first
+        self._closed_seen: dict[str, set[str]] = {}  # ids taken by runs put back to their file
         self._submit_locks = WorkspaceLocks()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -169,6 +170,7 @@ class BackgroundRuns:
         self._held.clear()
         self._queue.clear()
         self._open.clear()
+        self._closed_seen.clear()
         for run_id, workspace_id, slug, left in active:
             cost = (
                 quote(self.state.registry.get(slug), "index", Usage(items=left))
@@ -190,6 +192,7 @@ class BackgroundRuns:
             self._task = None
         # A chunk cut short may still commit in its thread: read positions afresh on start.
         self._open.clear()
+        self._closed_seen.clear()
 
     def _active_runs(self) -> list[tuple[str, str, str, int]]:
         with self.state.db.session() as session:
@@ -414,13 +417,17 @@ class BackgroundRuns:
         """One chunk of the run (or its end)."""
         current = self._open.get(run_id)
         if current is None:
-            current = await anyio.to_thread.run_sync(self._open_run, run_id)
+            current = await anyio.to_thread.run_sync(
+                self._open_run, run_id, self._closed_seen.pop(run_id, None)
+            )
             if current is None:  # cancelled, gone, or its items lost
                 self._forget(run_id)
                 return
             self._open[run_id] = current
             while len(self._open) > MAX_OPEN_RUNS:
-                self._open.popitem(last=False)  # read again from its file at its next turn
+                # Read again from its file at its next turn; the ids it took are kept.
+                closed_id, closed = self._open.popitem(last=False)
+                self._closed_seen[closed_id] = closed.seen
         self._open.move_to_end(run_id)
         if await anyio.to_thread.run_sync(self._cancel_requested, run_id):
             await self._end(run_id, "cancelled")
@@ -449,8 +456,9 @@ class BackgroundRuns:
         if end >= run.total:
             await self._end(run_id, "succeeded")
 
-    def _open_run(self, run_id: str) -> _OpenRun | None:
-        """Mark the run running and read its items (blocking); None if it is not active."""
+    def _open_run(self, run_id: str, seen: set[str] | None) -> _OpenRun | None:
+        """Mark the run running and read its items (blocking); None if it is not active.
+        `seen`: the ids it took before it was put back to its file, if it was."""
         state = self.state
         path = _inputs_dir(state) / f"{run_id}.json"
         with state.db.session() as session:
@@ -478,8 +486,9 @@ class BackgroundRuns:
             raw_items: list[Any] = json.load(fh)
         model = state.registry.get(run.model)
         ns = namespaces.resolve(workspace_id=run.workspace_id, model=model, scope=run.scope)
-        # Ids seen before the resume point, so duplicates stay duplicates after a restart.
-        seen = {str(it.get("id")) for it in raw_items[: run.next_index] if isinstance(it, dict)}
+        if seen is None:
+            # Ids seen before the resume point, so duplicates stay duplicates after a restart.
+            seen = {str(it.get("id")) for it in raw_items[: run.next_index] if isinstance(it, dict)}
         return _OpenRun(run, model, ns, raw_items, seen, run.next_index)
 
     async def _end(self, run_id: str, status: str, error: dict[str, Any] | None = None) -> None:
@@ -490,6 +499,7 @@ class BackgroundRuns:
         """The run left the queue: release what is left of its funds."""
         self._queue.remove(run_id)
         self._open.pop(run_id, None)
+        self._closed_seen.pop(run_id, None)
         reservation = self._held.pop(run_id, None)
         if reservation is not None:
             self.state.funds.release(reservation)
