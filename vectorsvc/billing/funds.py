@@ -5,7 +5,9 @@ ledger entry: one SQLite transaction) took longer than the rest of the service's
 the request. So query-like runs (search, execute) reserve their cost here before any work,
 answer, and leave the charge to a background flusher that writes every pending charge in one
 transaction (`billing.service.charge_batch`) up to a second later (`charge_flush_ms`).
-Index and delete runs reserve too and charge in the request (`commit`), as before.
+Index and delete runs reserve too and charge in the request (`commit`), as before. A queued
+background run reserves its whole cost (`runs.background`); each chunk's charge `draw`s its
+part, and the rest is released when the run ends (`hold` reserves them again at start-up).
 
 The rule that keeps wallets exact: what a workspace may spend is its stored balance minus
 what this process has reserved (in-flight runs plus charges not yet written), and checking

@@ -164,6 +164,8 @@ class BackgroundRuns:
     async def start(self) -> None:
         """Start the worker; runs left queued or running by a previous process resume, and
         their funds are reserved again (what is left to process, at today's prices)."""
+        if self._task is not None:
+            return
         active = await anyio.to_thread.run_sync(self._active_runs)
         for reservation in self._held.values():
             self.state.funds.release(reservation)
