@@ -154,7 +154,7 @@ def create_app(
         # start-up leaves about a hundred unreachable objects, and it would cost 0.3 s.
         gc.freeze()
         logger.info("vectorsvc ready: store=%s", state.store.backend_name)
-        app.state.background_runs.start()
+        await app.state.background_runs.start()
         state.funds.start()
         warmer = None
         if settings.warm_store and settings.warm_store_interval_s > 0:

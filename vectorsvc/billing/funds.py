@@ -5,7 +5,9 @@ ledger entry: one SQLite transaction) took longer than the rest of the service's
 the request. So query-like runs (search, execute) reserve their cost here before any work,
 answer, and leave the charge to a background flusher that writes every pending charge in one
 transaction (`billing.service.charge_batch`) up to a second later (`charge_flush_ms`).
-Index and delete runs reserve too and charge in the request (`commit`), as before.
+Index and delete runs reserve too and charge in the request (`commit`), as before. A queued
+background run reserves its whole cost (`runs.background`); each chunk's charge `draw`s its
+part, and the rest is released when the run ends (`hold` reserves them again at start-up).
 
 The rule that keeps wallets exact: what a workspace may spend is its stored balance minus
 what this process has reserved (in-flight runs plus charges not yet written), and checking
@@ -89,9 +91,36 @@ class Funds:
             balance = await self._read_balance(workspace_id)  # a refusal reads it first
         available = balance - self._reserved.get(workspace_id, 0)
         if available < cost:
-            raise insufficient_funds(balance=max(available, 0), cost=cost)
+            reserved = self._reserved.get(workspace_id, 0)
+            raise insufficient_funds(
+                balance=max(available, 0), cost=cost, reserved=min(reserved, balance)
+            )
         self._reserved[workspace_id] = self._reserved.get(workspace_id, 0) + cost
         return Reservation(workspace_id, cost)
+
+    def hold(self, workspace_id: str, cost: int) -> Reservation:
+        """Set `cost` aside whatever the balance: funds reserved before a restart (queued
+        background runs), recomputed at start-up. New work is refused while they exceed it."""
+        if cost > 0:
+            self._reserved[workspace_id] = self._reserved.get(workspace_id, 0) + cost
+        return Reservation(workspace_id, max(cost, 0))
+
+    async def draw(self, source: Reservation, cost: int) -> Reservation:
+        """A reservation of `cost` for one charge, taken out of `source` (funds set aside
+        earlier for a whole background run) as far as it goes; the rest, if any, is reserved
+        now (402 if it cannot be). What `source` keeps is released with it."""
+        taken = 0 if source.settled else min(cost, source.cost)
+        source.cost -= taken  # no await since: the workspace's total reserved is unchanged
+        drawn = Reservation(source.workspace_id, taken)
+        if taken < cost:
+            try:
+                extra = await self.reserve(source.workspace_id, cost - taken)
+            except BaseException:
+                self.release(drawn)
+                raise
+            drawn.cost += extra.cost
+            extra.settled = True
+        return drawn
 
     async def check(self, workspace_id: str, cost: int) -> None:
         """402 `insufficient_funds` now if `cost` could not be reserved; reserves nothing."""

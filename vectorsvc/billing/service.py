@@ -491,16 +491,28 @@ def _already_charged(session: Session, *, workspace_id: str, run_id: str) -> Cha
     )
 
 
-def insufficient_funds(*, balance: int, cost: int) -> InsufficientFunds:
+def insufficient_funds(*, balance: int, cost: int, reserved: int = 0) -> InsufficientFunds:
+    """`balance`: what the run could use; `reserved`: what runs under way (queued background
+    runs among them) hold on top of it."""
+    held = (
+        f" (and {format_credits(reserved)} more reserved for runs under way or queued)"
+        if reserved > 0
+        else ""
+    )
+    details: dict[str, Any] = {
+        "cost": format_credits(cost),
+        "balance": format_credits(balance),
+        "cost_micro_credits": cost,
+        "balance_micro_credits": balance,
+    }
+    if reserved > 0:
+        details["reserved"] = format_credits(reserved)
+        details["reserved_micro_credits"] = reserved
     return InsufficientFunds(
         f"insufficient funds: this run costs {format_credits(cost)} credits and the wallet "
-        f"holds {format_credits(balance)} credits; top up the workspace's wallet",
-        details={
-            "cost": format_credits(cost),
-            "balance": format_credits(balance),
-            "cost_micro_credits": cost,
-            "balance_micro_credits": balance,
-        },
+        f"holds {format_credits(balance)} credits available{held}; top up the workspace's "
+        "wallet",
+        details=details,
     )
 
 

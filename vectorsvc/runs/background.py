@@ -1,4 +1,5 @@
-"""Background index runs: accepted with 202, processed in chunks by one worker task.
+"""Background index runs: accepted with 202, processed in chunks by one worker task that
+serves workspaces in turn (`scheduling.FairQueue`), with funds reserved while they wait.
 
 Exactly-once across restarts: each chunk's charge and progress commit in one database
 transaction (the charge keyed `<run id>:<chunk start>`), and every point carries the run
@@ -14,18 +15,21 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
 from vectorsvc import namespaces
+from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.service import InsufficientFunds, quote
 from vectorsvc.db.models import BackgroundRun
 from vectorsvc.errors import Conflict, NotFound, ServiceError, ValidationFailed
@@ -40,6 +44,7 @@ from vectorsvc.runs.content import (
     resolve_media,
 )
 from vectorsvc.runs.inputs import IndexItem
+from vectorsvc.runs.scheduling import FairQueue
 from vectorsvc.runs.schemas import (
     RunErrorPublic,
     RunProgress,
@@ -55,13 +60,18 @@ from vectorsvc.runs.service import (
     plan_index,
     run_context,
 )
-from vectorsvc.runs.writes import write_and_charge
+from vectorsvc.runs.writes import WorkspaceLocks, write_and_charge
 from vectorsvc.state import AppState
 
 logger = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
 MAX_REPORTED_ERRORS = 1000
+# Runs whose items stay in memory between their turns; beyond this many workspaces with work,
+# a run's file is read again at its turn (memory stays bounded by a few runs' items).
+MAX_OPEN_RUNS = 4
+# What a `queue_full` refusal tells the client to wait before it tries again.
+QUEUE_FULL_RETRY_AFTER_S = 30
 
 
 def _inputs_dir(state: AppState) -> Path:
@@ -111,18 +121,66 @@ def status_public(run: BackgroundRun) -> RunStatusPublic:
     )
 
 
+@dataclass
+class _OpenRun:
+    """A run being processed: its items in memory and where it has got to."""
+
+    run: BackgroundRun  # detached: id, workspace, model, scope, total
+    model: ModelSpec
+    ns: Namespace
+    items: list[Any]
+    seen: set[str]  # ids taken so far, so that a later duplicate fails as one
+    next_index: int
+
+
 class BackgroundRuns:
-    """Accepts background runs and processes them, one at a time, oldest first."""
+    """Accepts background runs and processes them one chunk at a time, one worker, fairly:
+    workspaces take turns chunk by chunk (`scheduling.FairQueue`), each its oldest run first.
+
+    One worker, not several: the model is the bottleneck and already uses the cores, so more
+    workers would add contention, not throughput; fairness comes from the turns.
+
+    Bounds and funds: a workspace has at most `max_queued_items_per_workspace` items not yet
+    processed (more is `429 queue_full`), and a run reserves its whole quoted cost when it is
+    queued (`billing.funds`; `402 insufficient_funds` when the balance minus what is already
+    reserved cannot cover it). Each chunk's charge draws its part of that reservation; what
+    is left is released when the run ends, fails or is cancelled. The reservations live in
+    memory and are recomputed from the runs still active in the database at start-up, so a
+    restart cannot spend them twice.
+    """
 
     def __init__(self, state: AppState) -> None:
         self.state = state
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._queue = FairQueue()
+        self._held: dict[str, Reservation] = {}  # run id -> what is left of its funds
+        self._open: OrderedDict[str, _OpenRun] = OrderedDict()  # least recently used first
+        self._closed_seen: dict[str, set[str]] = {}  # ids taken by runs put back to their file
+        self._submit_locks = WorkspaceLocks()
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the worker; runs left queued or running by a previous process resume."""
+    async def start(self) -> None:
+        """Start the worker; runs left queued or running by a previous process resume, and
+        their funds are reserved again (what is left to process, at today's prices)."""
+        if self._task is not None:
+            return
+        active = await anyio.to_thread.run_sync(self._active_runs)
+        for reservation in self._held.values():
+            self.state.funds.release(reservation)
+        self._held.clear()
+        self._queue.clear()
+        self._open.clear()
+        self._closed_seen.clear()
+        for run_id, workspace_id, slug, left in active:
+            cost = (
+                quote(self.state.registry.get(slug), "index", Usage(items=left))
+                if slug in self.state.registry
+                else 0
+            )
+            self._held[run_id] = self.state.funds.hold(workspace_id, cost)
+            self._queue.add(workspace_id, run_id)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="background-runs")
         self._wake.set()
 
@@ -134,6 +192,23 @@ class BackgroundRuns:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        # A chunk cut short may still commit in its thread: read positions afresh on start.
+        self._open.clear()
+        self._closed_seen.clear()
+
+    def _active_runs(self) -> list[tuple[str, str, str, int]]:
+        with self.state.db.session() as session:
+            rows = session.execute(
+                select(
+                    BackgroundRun.id,
+                    BackgroundRun.workspace_id,
+                    BackgroundRun.model,
+                    BackgroundRun.total - BackgroundRun.next_index,
+                )
+                .where(BackgroundRun.status.in_(ACTIVE))
+                .order_by(BackgroundRun.created_at)
+            ).all()
+        return [(r[0], r[1], r[2], max(int(r[3]), 0)) for r in rows]
 
     # -- API ---------------------------------------------------------------------------
 
@@ -161,20 +236,79 @@ class BackgroundRuns:
                 field="input.items",
                 code="too_many_items",
             )
-        await state.funds.check(
-            workspace_id, quote(ctx.model, "index", Usage(items=len(raw_items)))
-        )
-        run_id = ctx.run_id
+        cap = state.settings.max_queued_items_per_workspace
+        if len(raw_items) > cap:
+            raise ValidationFailed(
+                f"input.items: a workspace may have at most {cap} items queued "
+                f"(VECTORSVC_MAX_QUEUED_ITEMS_PER_WORKSPACE); this run has {len(raw_items)}",
+                field="input.items",
+                code="too_many_items",
+            )
+        # One submission per workspace at a time: the queue bound and the funds hold for
+        # what is queued when each is checked.
+        async with self._submit_locks.get(workspace_id):
+            queued = await anyio.to_thread.run_sync(self._queued_items, workspace_id)
+            if queued + len(raw_items) > cap:
+                raise ServiceError(
+                    f"this workspace has {queued} background items queued and may have at "
+                    f"most {cap} (VECTORSVC_MAX_QUEUED_ITEMS_PER_WORKSPACE); this run's "
+                    f"{len(raw_items)} would pass it: retry when queued runs have progressed",
+                    field="input.items",
+                    code="queue_full",
+                    status=429,
+                    details={"limit": cap, "queued": queued, "items": len(raw_items)},
+                    headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+                )
+            reservation = await state.funds.reserve(
+                workspace_id, quote(ctx.model, "index", Usage(items=len(raw_items)))
+            )
+            # Shielded: once the funds are reserved, the run is created and queued together,
+            # even if this request is cancelled meanwhile.
+            return await asyncio.shield(
+                self._create(
+                    workspace_id=workspace_id,
+                    run_id=ctx.run_id,
+                    model=ctx.model.slug,
+                    scope=ctx.ns.scope,
+                    raw_items=raw_items,
+                    reservation=reservation,
+                )
+            )
 
-        def _create() -> RunStatusPublic:
+    def _queued_items(self, workspace_id: str) -> int:
+        """Items of the workspace's active runs not processed yet."""
+        with self.state.db.session() as session:
+            left = session.scalar(
+                select(
+                    func.coalesce(func.sum(BackgroundRun.total - BackgroundRun.next_index), 0)
+                ).where(
+                    BackgroundRun.workspace_id == workspace_id,
+                    BackgroundRun.status.in_(ACTIVE),
+                )
+            )
+        return int(left or 0)
+
+    async def _create(
+        self,
+        *,
+        workspace_id: str,
+        run_id: str,
+        model: str,
+        scope: str,
+        raw_items: list[Any],
+        reservation: Reservation,
+    ) -> RunStatusPublic:
+        state = self.state
+
+        def _write() -> RunStatusPublic:
             _write_json_atomic(_inputs_dir(state) / f"{run_id}.json", raw_items)
             with state.db.session() as session:
                 run = BackgroundRun(
                     id=run_id,
                     workspace_id=workspace_id,
-                    model=ctx.model.slug,
+                    model=model,
                     mode="index",
-                    scope=ctx.ns.scope,
+                    scope=scope,
                     status="queued",
                     total=len(raw_items),
                     next_index=0,
@@ -191,7 +325,13 @@ class BackgroundRuns:
                 session.flush()
                 return status_public(run)
 
-        public = await anyio.to_thread.run_sync(_create)
+        try:
+            public = await anyio.to_thread.run_sync(_write)
+        except BaseException:
+            state.funds.release(reservation)
+            raise
+        self._held[run_id] = reservation
+        self._queue.add(workspace_id, run_id)
         self._wake.set()
         return public
 
@@ -207,20 +347,39 @@ class BackgroundRuns:
             query = query.order_by(BackgroundRun.created_at.desc()).limit(limit)
             return [status_public(r) for r in session.scalars(query)]
 
-    def cancel(self, *, workspace_id: str, run_id: str) -> RunStatusPublic:
+    async def cancel(self, *, workspace_id: str, run_id: str) -> RunStatusPublic:
+        """A queued run ends now (its funds released); a running one after its current
+        chunk."""
+        public, dequeued = await anyio.to_thread.run_sync(self._cancel_in_db, workspace_id, run_id)
+        if dequeued:
+            self._forget(run_id)
+            (_inputs_dir(self.state) / f"{run_id}.json").unlink(missing_ok=True)
+        return public
+
+    def _cancel_in_db(self, workspace_id: str, run_id: str) -> tuple[RunStatusPublic, bool]:
         with self.state.db.session() as session:
-            run = self._owned(session, workspace_id, run_id)
-            if run.status not in ACTIVE:
-                raise Conflict(
-                    f"run {run_id} already ended ({run.status}); nothing to cancel",
-                    field="run_id",
-                    code="run_finished",
+            # A conditional write first: the worker may start the run at the same moment.
+            dequeued = _updated(
+                session,
+                update(BackgroundRun)
+                .where(
+                    BackgroundRun.id == run_id,
+                    BackgroundRun.workspace_id == workspace_id,
+                    BackgroundRun.status == "queued",
                 )
-            run.cancel_requested = True
-            if run.status == "queued":
-                run.status = "cancelled"
-                run.finished_at = datetime.now(UTC)
-            return status_public(run)
+                .values(status="cancelled", cancel_requested=True, finished_at=datetime.now(UTC)),
+            )
+            run = self._owned(session, workspace_id, run_id)
+            if not dequeued:
+                if run.status not in ACTIVE:
+                    raise Conflict(
+                        f"run {run_id} already ended ({run.status}); nothing to cancel",
+                        field="run_id",
+                        code="run_finished",
+                    )
+                run.cancel_requested = True
+                session.flush()
+            return status_public(run), bool(dequeued)
 
     @staticmethod
     def _owned(session: Session, workspace_id: str, run_id: str) -> BackgroundRun:
@@ -233,34 +392,119 @@ class BackgroundRuns:
 
     # -- worker ------------------------------------------------------------------------
 
-    def _next_run(self) -> str | None:
-        with self.state.db.session() as session:
-            return session.scalar(
-                select(BackgroundRun.id)
-                .where(BackgroundRun.status.in_(ACTIVE))
-                .order_by(BackgroundRun.created_at)
-                .limit(1)
-            )
-
     async def _loop(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while (run_id := await anyio.to_thread.run_sync(self._next_run)) is not None:
+            run_id = self._queue.next()
+            if run_id is None:
+                self._wake.clear()  # no await since the queue was seen empty
+                await self._wake.wait()
+                continue
+            try:
+                await self._step(run_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the worker alive; the run is marked failed
+                logger.exception("background run %s failed", run_id)
                 try:
-                    await self._process(run_id)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # keep the worker alive; the run is marked failed
-                    logger.exception("background run %s failed", run_id)
-                    await anyio.to_thread.run_sync(
-                        partial(
-                            self._finish,
-                            run_id,
-                            "failed",
-                            {"code": "internal_error", "message": "the run failed unexpectedly"},
-                        )
+                    await self._end(
+                        run_id,
+                        "failed",
+                        {"code": "internal_error", "message": "the run failed unexpectedly"},
                     )
+                except Exception:  # the database is failing: retry the run after a restart
+                    logger.exception("background run %s could not be marked failed", run_id)
+                    self._forget(run_id)
+
+    async def _step(self, run_id: str) -> None:
+        """One chunk of the run (or its end)."""
+        current = self._open.get(run_id)
+        if current is None:
+            current = await anyio.to_thread.run_sync(
+                self._open_run, run_id, self._closed_seen.pop(run_id, None)
+            )
+            if current is None:  # cancelled, gone, or its items lost
+                self._forget(run_id)
+                return
+            self._open[run_id] = current
+            while len(self._open) > MAX_OPEN_RUNS:
+                # Read again from its file at its next turn; the ids it took are kept.
+                closed_id, closed = self._open.popitem(last=False)
+                self._closed_seen[closed_id] = closed.seen
+        self._open.move_to_end(run_id)
+        if await anyio.to_thread.run_sync(self._cancel_requested, run_id):
+            await self._end(run_id, "cancelled")
+            return
+        run = current.run
+        start = current.next_index
+        if start >= run.total:
+            await self._end(run_id, "succeeded")
+            return
+        end = min(start + self.state.settings.background_chunk_size, run.total)
+        try:
+            await self._process_chunk(
+                run,
+                current.model,
+                current.ns,
+                current.items,
+                start,
+                end,
+                current.seen,
+                reservation=self._held.get(run_id) or Reservation(run.workspace_id, 0),
+            )
+        except InsufficientFunds as exc:
+            await self._end(run_id, "failed", {"code": exc.code, "message": exc.message})
+            return
+        current.next_index = end
+        if end >= run.total:
+            await self._end(run_id, "succeeded")
+
+    def _open_run(self, run_id: str, seen: set[str] | None) -> _OpenRun | None:
+        """Mark the run running and read its items (blocking); None if it is not active.
+        `seen`: the ids it took before it was put back to its file, if it was."""
+        state = self.state
+        path = _inputs_dir(state) / f"{run_id}.json"
+        with state.db.session() as session:
+            # A conditional write first: a cancel may end the queued run at the same moment.
+            started = _updated(
+                session,
+                update(BackgroundRun)
+                .where(BackgroundRun.id == run_id, BackgroundRun.status.in_(ACTIVE))
+                .values(
+                    status="running",
+                    started_at=func.coalesce(BackgroundRun.started_at, datetime.now(UTC)),
+                ),
+            )
+            if not started:
+                return None
+            run = session.get_one(BackgroundRun, run_id)
+            if not path.exists():
+                run.status = "failed"
+                run.error = {"code": "inputs_lost", "message": "the run's items are gone"}
+                run.finished_at = datetime.now(UTC)
+                return None
+            session.flush()
+            session.expunge(run)
+        with open(path, encoding="utf-8") as fh:
+            raw_items: list[Any] = json.load(fh)
+        model = state.registry.get(run.model)
+        ns = namespaces.resolve(workspace_id=run.workspace_id, model=model, scope=run.scope)
+        if seen is None:
+            # Ids seen before the resume point, so duplicates stay duplicates after a restart.
+            seen = {str(it.get("id")) for it in raw_items[: run.next_index] if isinstance(it, dict)}
+        return _OpenRun(run, model, ns, raw_items, seen, run.next_index)
+
+    async def _end(self, run_id: str, status: str, error: dict[str, Any] | None = None) -> None:
+        await anyio.to_thread.run_sync(partial(self._finish, run_id, status, error))
+        self._forget(run_id)
+
+    def _forget(self, run_id: str) -> None:
+        """The run left the queue: release what is left of its funds."""
+        self._queue.remove(run_id)
+        self._open.pop(run_id, None)
+        self._closed_seen.pop(run_id, None)
+        reservation = self._held.pop(run_id, None)
+        if reservation is not None:
+            self.state.funds.release(reservation)
 
     def _finish(self, run_id: str, status: str, error: dict[str, Any] | None = None) -> None:
         with self.state.db.session() as session:
@@ -271,54 +515,6 @@ class BackgroundRuns:
             run.error = error
             run.finished_at = datetime.now(UTC)
         (_inputs_dir(self.state) / f"{run_id}.json").unlink(missing_ok=True)
-
-    async def _process(self, run_id: str) -> None:
-        state = self.state
-
-        def _begin() -> tuple[BackgroundRun, list[Any]] | None:
-            path = _inputs_dir(state) / f"{run_id}.json"
-            with state.db.session() as session:
-                run = session.get(BackgroundRun, run_id)
-                if run is None or run.status not in ACTIVE:
-                    return None
-                if not path.exists():
-                    run.status = "failed"
-                    run.error = {"code": "inputs_lost", "message": "the run's items are gone"}
-                    run.finished_at = datetime.now(UTC)
-                    return None
-                run.status = "running"
-                run.started_at = run.started_at or datetime.now(UTC)
-                session.flush()
-                session.expunge(run)
-            with open(path, encoding="utf-8") as fh:
-                return run, json.load(fh)
-
-        begun = await anyio.to_thread.run_sync(_begin)
-        if begun is None:
-            return
-        run, raw_items = begun
-        model = state.registry.get(run.model)
-        ns = namespaces.resolve(workspace_id=run.workspace_id, model=model, scope=run.scope)
-        # Ids seen before the resume point, so duplicates stay duplicates after a restart.
-        seen = {str(it.get("id")) for it in raw_items[: run.next_index] if isinstance(it, dict)}
-        chunk = state.settings.background_chunk_size
-        start = run.next_index
-        while start < run.total:
-            if await anyio.to_thread.run_sync(self._cancel_requested, run_id):
-                await anyio.to_thread.run_sync(self._finish, run_id, "cancelled")
-                return
-            end = min(start + chunk, run.total)
-            try:
-                await self._process_chunk(run, model, ns, raw_items, start, end, seen)
-            except InsufficientFunds as exc:
-                await anyio.to_thread.run_sync(
-                    partial(
-                        self._finish, run_id, "failed", {"code": exc.code, "message": exc.message}
-                    )
-                )
-                return
-            start = end
-        await anyio.to_thread.run_sync(self._finish, run_id, "succeeded")
 
     def _cancel_requested(self, run_id: str) -> bool:
         with self.state.db.session() as session:
@@ -337,7 +533,10 @@ class BackgroundRuns:
         start: int,
         end: int,
         seen: set[str],
+        *,
+        reservation: Reservation,
     ) -> None:
+        """`reservation`: the run's funds; this chunk's charge draws its part."""
         state = self.state
         failures: list[dict[str, Any]] = []
         items: list[IndexItem] = []
@@ -428,16 +627,27 @@ class BackgroundRuns:
             current.write_seconds += time.perf_counter() - write_started
             current.cost += cost
 
-        await write_and_charge(
-            state,
-            model=model,
-            ns=ns,
-            points=points,
-            modality=modality_of(good_items) if good_items else "text",
-            run_key=f"{run.id}:{start}",
-            billable=done,
-            also=_progress,
-        )
+        drawn = await state.funds.draw(reservation, cost)
+        try:
+            await write_and_charge(
+                state,
+                model=model,
+                ns=ns,
+                points=points,
+                modality=modality_of(good_items) if good_items else "text",
+                run_key=f"{run.id}:{start}",
+                billable=done,
+                also=_progress,
+                reserved=drawn,
+            )
+        finally:
+            state.funds.release(drawn)  # settled by the charge already, unless it failed
+
+
+def _updated(session: Session, statement: Update) -> int:
+    """Run a conditional UPDATE; how many rows it changed."""
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def _failure(index: int, item_id: object, code: str, message: str) -> dict[str, Any]:

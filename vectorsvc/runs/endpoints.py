@@ -143,7 +143,7 @@ def get_run(request: Request, caller: CurrentCaller, run_id: RunIdPath) -> RunSt
 @router.post(
     "/runs/{run_id}/cancel", response_model=RunStatusPublic, summary="Cancel a background run"
 )
-def cancel_run(
+async def cancel_run(
     request: Request, caller: CurrentCaller, run_id: RunIdPath, response: Response
 ) -> RunStatusPublic:
-    return background_runs(request).cancel(workspace_id=caller.workspace_id, run_id=run_id)
+    return await background_runs(request).cancel(workspace_id=caller.workspace_id, run_id=run_id)

@@ -20,6 +20,7 @@ import anyio
 from sqlalchemy.orm import Session
 
 from vectorsvc import namespaces
+from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.service import charge, opening_micro_credits, quote
 from vectorsvc.knowledge_bases import catalog
 from vectorsvc.models.pricing import Usage
@@ -132,16 +133,22 @@ async def write_and_charge(
     run_key: str,
     billable: int,
     also: Callable[[Session], None] | None = None,
+    reserved: Reservation | None = None,
 ) -> WriteResult:
     """Check funds, upsert `points`, charge `billable` items: atomic per workspace.
 
     `billable` may exceed len(points) when a resumed run found its own earlier write already
-    stored (written, not yet charged).
+    stored (written, not yet charged). `reserved`: the charge's funds, already set aside
+    (a background chunk's share of its run's reservation); else they are reserved here.
     """
     usage = Usage(items=billable)
     funds = state.funds
     async with state.write_locks.get(ns.workspace_id):
-        reservation = await funds.reserve(ns.workspace_id, quote(model, "index", usage))
+        reservation = (
+            reserved
+            if reserved is not None
+            else await funds.reserve(ns.workspace_id, quote(model, "index", usage))
+        )
         created = 0
         try:
             if points:
