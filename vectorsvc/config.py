@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     upload_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     max_image_pixels: int = Field(default=50_000_000, ge=1)
+    # Images for the models are decoded one batch at a time, made smaller while decoding, and
+    # one decode serves every reference to the same bytes. A synchronous run may decode at most
+    # this many pixels (distinct images, counted at full resolution); at most this many
+    # decodes run at once in the process, each holding one full-resolution image.
+    max_decoded_pixels_per_run: int = Field(default=1_000_000_000, ge=1)
+    image_decode_concurrency: int = Field(default=2, ge=1, le=64)
 
     @field_validator("qdrant_url")
     @classmethod

@@ -203,11 +203,18 @@ def resolve_media(
         return _to_media_object(row, media_dir)
 
 
-def load_image(media: MediaObject, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode `media` as an upright (EXIF-transposed) RGB image, refusing too many pixels."""
+def load_image(
+    media: MediaObject,
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    min_side: int | None = None,
+    max_aspect: int | None = None,
+) -> Image.Image:
+    """Decode `media` as an upright (EXIF-transposed) RGB image, refusing too many pixels;
+    `min_side` and `max_aspect` make it smaller while decoding (see `load_rgb`)."""
     if not media.is_image:
         raise _not_an_image(media)
-    return load_rgb(media.path, max_pixels=max_pixels)
+    return load_rgb(media.path, max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect)
 
 
 def thumbnail_bytes(
@@ -261,12 +268,15 @@ class MediaService:
         max_upload_bytes: int,
         upload_ttl_s: int,
         max_image_pixels: int,
+        image_decode_concurrency: int = 2,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.max_upload_bytes = max_upload_bytes
         self.upload_ttl = timedelta(seconds=upload_ttl_s)
         self.max_image_pixels = max_image_pixels
+        # Image decodes for the models, process-wide: each may hold a full-resolution image.
+        self.decode_limiter = anyio.CapacityLimiter(image_decode_concurrency)
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database) -> MediaService:
@@ -276,6 +286,7 @@ class MediaService:
             max_upload_bytes=settings.max_upload_bytes,
             upload_ttl_s=settings.upload_ttl_s,
             max_image_pixels=settings.max_image_pixels,
+            image_decode_concurrency=settings.image_decode_concurrency,
         )
 
     # -- upload ---------------------------------------------------------------------------
@@ -526,8 +537,12 @@ class MediaService:
             field=field,
         )
 
-    def load_image(self, media: MediaObject) -> Image.Image:
-        return load_image(media, max_pixels=self.max_image_pixels)
+    def load_image(
+        self, media: MediaObject, *, min_side: int | None = None, max_aspect: int | None = None
+    ) -> Image.Image:
+        return load_image(
+            media, max_pixels=self.max_image_pixels, min_side=min_side, max_aspect=max_aspect
+        )
 
     def thumbnail_bytes(self, media: MediaObject, max_side: int = 256) -> bytes:
         return thumbnail_bytes(media, max_side, max_pixels=self.max_image_pixels)
