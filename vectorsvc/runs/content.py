@@ -224,25 +224,37 @@ async def embed_images(
     """Embed `decodes` into their rows of `out`, `IMAGE_BATCH` at a time: decode a batch,
     embed it, let it go. Each image is decoded and embedded once for all its rows."""
     for start in range(0, len(decodes), IMAGE_BATCH):
-        batch = decodes[start : start + IMAGE_BATCH]
-        decoded = await anyio.to_thread.run_sync(
-            partial(decode_images, state, batch), limiter=state.media.decode_limiter
-        )
-        good: list[ImageDecode] = []
-        images: list[Image] = []
-        for decode, image in zip(batch, decoded, strict=True):
-            if isinstance(image, ServiceError):
-                for row, field in zip(decode.rows, decode.fields, strict=True):
-                    failures[row] = _at(image, field)
-            else:
-                good.append(decode)
-                images.append(image)
-        del decoded
-        if images:
-            vectors = await state.embeddings.embed(model, "image", images)
-            for decode, vector in zip(good, vectors, strict=True):
-                out[decode.rows] = vector
-        del images
+        await _embed_batch(state, model, decodes[start : start + IMAGE_BATCH], out, failures)
+
+
+async def _embed_batch(
+    state: AppState,
+    model: ModelSpec,
+    batch: Sequence[ImageDecode],
+    out: Embeddings,
+    failures: dict[int, ServiceError],
+) -> None:
+    decoded = await anyio.to_thread.run_sync(
+        partial(decode_images, state, batch), limiter=state.media.decode_limiter
+    )
+    images: list[Image] = []
+    rows: list[list[int]] = []
+    for decode, result in zip(batch, decoded, strict=True):
+        if isinstance(result, ServiceError):
+            for row, field in zip(decode.rows, decode.fields, strict=True):
+                failures[row] = _at(result, field)
+        else:
+            images.append(result)
+            rows.append(decode.rows)
+    # Emptied, not just dropped: the worker thread that decoded them still holds `decoded`
+    # (as its last result) until it is given other work.
+    decoded.clear()
+    del result
+    if images:
+        vectors = await state.embeddings.embed(model, "image", images)
+        for where, vector in zip(rows, vectors, strict=True):
+            out[where] = vector
+        images.clear()
 
 
 async def embed_prepared(
