@@ -1,8 +1,9 @@
 """Peak memory of an image run: one large PNG referenced many times in one execute run.
 
 Starts `vectorsvc serve` on a loopback port, uploads one SIDE x SIDE PNG (mostly flat
-colour, so a few hundred KB), loads the image model with a small image, then sends one
-`image-similarity` execute run that references the large image REFS times. Memory is read
+colour, so a few hundred KB; with --distinct N, N copies of other bytes), loads the image
+model with a small image, then sends one `image-similarity` execute run of REFS references
+to the large images. Memory is read
 from /proc/<pid>/status of the service: VmRSS before the run, the peak (VmHWM, reset with
 /proc/<pid>/clear_refs just before the run), and VmRSS a few seconds after it.
 
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import struct
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,14 @@ def large_png(side: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG", compress_level=9)
     return buffer.getvalue()
+
+
+def tagged(png: bytes, tag: str) -> bytes:
+    """`png` with a text chunk before IEND: the same pixels, other bytes (a distinct image)."""
+    data = b"tag\x00" + tag.encode()
+    crc = struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    end = png.rindex(b"IEND") - 4
+    return png[:end] + struct.pack(">I", len(data)) + b"tEXt" + data + crc + png[end:]
 
 
 def small_png() -> bytes:
@@ -90,11 +101,13 @@ def execute(client: httpx.Client, refs: list[str]) -> httpx.Response:
     )
 
 
-def probe(refs: int, side: int, settle_s: float, env: dict[str, str]) -> dict[str, Any]:
+def probe(
+    refs: int, distinct: int, side: int, settle_s: float, env: dict[str, str]
+) -> dict[str, Any]:
     data = large_png(side)
     with service({"VECTORSVC_PRELOAD_MODELS": MODEL, **env}) as running, running.client() as c:
         pid = running.process.pid
-        big = upload(c, data)
+        bigs = [upload(c, tagged(data, str(i)) if i else data) for i in range(distinct)]
         warm = execute(c, [upload(c, small_png())])
         warm.raise_for_status()
         time.sleep(1.0)
@@ -110,7 +123,7 @@ def probe(refs: int, side: int, settle_s: float, env: dict[str, str]) -> dict[st
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.perf_counter()
-        r = execute(c, [big] * refs)
+        r = execute(c, [bigs[i % distinct] for i in range(refs)])
         seconds = time.perf_counter() - started
         done.set()
         sampler.join()
@@ -120,6 +133,7 @@ def probe(refs: int, side: int, settle_s: float, env: dict[str, str]) -> dict[st
         error = None if r.status_code == 200 else r.json().get("error")
     return {
         "refs": refs,
+        "distinct": distinct,
         "side": side,
         "png_bytes": len(data),
         "status": r.status_code,
@@ -136,15 +150,16 @@ def probe(refs: int, side: int, settle_s: float, env: dict[str, str]) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--refs", type=int, default=40)
+    parser.add_argument("--distinct", type=int, default=1, help="distinct images, cycled")
     parser.add_argument("--side", type=int, default=7000)
     parser.add_argument("--settle-s", type=float, default=3.0, help="wait before RSS after")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
     parser.add_argument("--out", type=Path, default=Path("bench/results/image_memory.json"))
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
-    result = probe(args.refs, args.side, args.settle_s, env)
+    result = probe(args.refs, args.distinct, args.side, args.settle_s, env)
     print_table(
-        f"{MODEL} execute, one {args.side}x{args.side} PNG x {args.refs} refs",
+        f"{MODEL} execute, {args.distinct} {args.side}x{args.side} PNG, {args.refs} refs",
         [(key, str(value)) for key, value in result.items()],
     )
     write_results(args.out, result)
