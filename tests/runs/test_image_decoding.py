@@ -8,6 +8,8 @@ EfficientNet-Lite0 model and real photos.
 
 from __future__ import annotations
 
+import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -207,6 +209,50 @@ async def test_background_runs_decode_each_distinct_image_once_per_chunk(
         assert status["status"] == "succeeded", status
         assert status["progress"]["done"] == len(refs)
         assert sorted(decoded) == sorted([one, two, one])  # chunk 1: both; chunk 2: one
+
+
+async def test_concurrent_runs_decode_no_more_images_at_once_than_the_setting(
+    tmp_path: Path,
+    models_dir: Path,
+    embedder_loader: Callable[[ModelSpec], Embedder],
+    photos: dict[str, Image.Image],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = make_settings(tmp_path / "data", models_dir, image_decode_concurrency=1)
+    async with running_service(settings, embedder_loader) as service:
+        key = service.new_key("acme")
+        uploader = Uploader(service, key)
+        refs = [await upload(uploader, tagged_png(photos["rocket"], str(i))) for i in range(6)]
+        media: MediaService = service.app.state.vectorsvc.media
+        real_load = media.load_image
+        lock = threading.Lock()
+        decoding = 0
+        most = 0
+
+        def load_image(item: MediaObject, **kwargs: Any) -> Image.Image:
+            nonlocal decoding, most
+            with lock:
+                decoding += 1
+                most = max(most, decoding)
+            try:
+                time.sleep(0.05)  # a large image takes this long and more
+                return real_load(item, **kwargs)
+            finally:
+                with lock:
+                    decoding -= 1
+
+        monkeypatch.setattr(media, "load_image", load_image)
+        responses: list[Any] = []
+
+        async def one(ref: str) -> None:
+            body = {"model": MODEL, "mode": "execute", "input": images_input([ref])}
+            responses.append(await service.run(key, body))
+
+        async with anyio.create_task_group() as group:
+            for ref in refs:
+                group.start_soon(one, ref)
+        assert [r.status_code for r in responses] == [200] * len(refs)
+        assert most == 1
 
 
 # -- decoding for the models ------------------------------------------------------------------

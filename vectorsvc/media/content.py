@@ -292,8 +292,10 @@ def _reduce(image: Image.Image, min_side: int) -> Image.Image:
         # black) does not bleed into their neighbours.
         premultiplied = {"RGBA": "RGBa", "LA": "La"}[image.mode]
         return image.convert(premultiplied).reduce(factor).convert(image.mode)
+    if image.mode == "1":
+        return image.convert("L").reduce(factor)  # grey, not RGB: a third of the memory
     if image.mode not in ("L", "RGB"):
-        # Palette, bilevel, 16-bit, CMYK...: into RGB(A) first, as `_flat_rgb` would.
+        # Palette, 16-bit, CMYK...: into RGB(A) first, as `_flat_rgb` would.
         return _reduce(image.convert("RGBA" if _has_alpha(image) else "RGB"), min_side)
     return image.reduce(factor)
 
