@@ -4,6 +4,11 @@ Checks each input's modality against the model, resolves media refs through the 
 service (only the caller's workspace's media), decodes images, and sends texts and images to
 the model. `prepare` and `embed_prepared` are separate so callers can dedupe in between
 (a content hash needs the media's sha256, not the embedding).
+
+Images are what can take memory: each distinct image (by sha256) of a run is decoded once
+for all its references, made small for the models while it is decoded, and decoded and
+embedded `IMAGE_BATCH` at a time, so that a run holds one batch of small images and at most
+one full-resolution decode; a synchronous run's images are capped in pixels up front.
 """
 
 from __future__ import annotations
