@@ -3,7 +3,8 @@
 Starts `vectorsvc serve` on a loopback port, uploads one SIDE x SIDE PNG (mostly flat
 colour, so a few hundred KB; with --distinct N, N copies of other bytes), loads the image
 model with a small image, then sends one `image-similarity` execute run of REFS references
-to the large images. Memory is read
+to the large images (with --concurrent C, C such runs at once, each starting at the next
+distinct image). Memory is read
 from /proc/<pid>/status of the service: VmRSS before the run, the peak (VmHWM, reset with
 /proc/<pid>/clear_refs just before the run), and VmRSS a few seconds after it.
 
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,7 @@ def execute(client: httpx.Client, refs: list[str]) -> httpx.Response:
 
 
 def probe(
-    refs: int, distinct: int, side: int, settle_s: float, env: dict[str, str]
+    refs: int, distinct: int, concurrent: int, side: int, settle_s: float, env: dict[str, str]
 ) -> dict[str, Any]:
     data = large_png(side)
     with service({"VECTORSVC_PRELOAD_MODELS": MODEL, **env}) as running, running.client() as c:
@@ -123,21 +125,24 @@ def probe(
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.perf_counter()
-        r = execute(c, [bigs[i % distinct] for i in range(refs)])
+        runs = [[bigs[(k * refs + i) % distinct] for i in range(refs)] for k in range(concurrent)]
+        with ThreadPoolExecutor(concurrent) as pool:
+            responses = list(pool.map(lambda sent: execute(c, sent), runs))
         seconds = time.perf_counter() - started
         done.set()
         sampler.join()
         peak = max(status_kb(pid, "VmHWM"), *sampled)
         time.sleep(settle_s)
         after = status_kb(pid, "VmRSS")
-        error = None if r.status_code == 200 else r.json().get("error")
+        errors = [r.json().get("error") for r in responses if r.status_code != 200]
     return {
         "refs": refs,
         "distinct": distinct,
+        "concurrent": concurrent,
         "side": side,
         "png_bytes": len(data),
-        "status": r.status_code,
-        "error": error,
+        "status": sorted({r.status_code for r in responses}),
+        "error": errors[0] if errors else None,
         "seconds": round(seconds, 2),
         "rss_before_mb": before // 1024,
         "peak_mb": peak // 1024,
@@ -151,15 +156,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--refs", type=int, default=40)
     parser.add_argument("--distinct", type=int, default=1, help="distinct images, cycled")
+    parser.add_argument("--concurrent", type=int, default=1, help="runs sent at once")
     parser.add_argument("--side", type=int, default=7000)
     parser.add_argument("--settle-s", type=float, default=3.0, help="wait before RSS after")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
     parser.add_argument("--out", type=Path, default=Path("bench/results/image_memory.json"))
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
-    result = probe(args.refs, args.distinct, args.side, args.settle_s, env)
+    result = probe(args.refs, args.distinct, args.concurrent, args.side, args.settle_s, env)
     print_table(
-        f"{MODEL} execute, {args.distinct} {args.side}x{args.side} PNG, {args.refs} refs",
+        f"{MODEL} execute x {args.concurrent}, {args.distinct} {args.side}x{args.side} PNG, "
+        f"{args.refs} refs each",
         [(key, str(value)) for key, value in result.items()],
     )
     write_results(args.out, result)
