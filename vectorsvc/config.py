@@ -182,6 +182,12 @@ class Settings(BaseSettings):
                 "reaches that Qdrant reads and deletes every workspace's points"
             )
         return warnings
+    # Images for the models are decoded one batch at a time, made smaller while decoding, and
+    # one decode serves every reference to the same bytes. A synchronous run may decode at most
+    # this many pixels (distinct images, counted at full resolution); at most this many
+    # decodes run at once in the process, each holding one full-resolution image.
+    max_decoded_pixels_per_run: int = Field(default=1_000_000_000, ge=1)
+    image_decode_concurrency: int = Field(default=2, ge=1, le=64)
 
     @field_validator("qdrant_url")
     @classmethod

@@ -356,11 +356,14 @@ class ModelRuntime:
             embedded = sum(len(part) for part in job.parts.values())
             if embedded == len(job.inputs) and not job.future.done():
                 parts = [job.parts[k] for k in sorted(job.parts)]
+                # Let the inputs (decoded images can be large) go before anyone hears of it.
+                job.inputs = ()
                 job.future.set_result(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
         with self._worker_lock:
             if not job.future.done():
+                job.inputs = ()
                 job.future.set_exception(exc)
 
     def shutdown(self) -> None:
@@ -506,6 +509,16 @@ class EmbeddingService:
 
     @staticmethod
     async def _call(runtime: ModelRuntime, kind: InputKind, batch: list[_Request]) -> None:
+        try:
+            await EmbeddingService._answer(runtime, kind, batch)
+        finally:
+            # `_drain` holds the lane's last batch while it waits for the next: without its
+            # inputs (decoded images can be large).
+            for r in batch:
+                r.inputs = ()
+
+    @staticmethod
+    async def _answer(runtime: ModelRuntime, kind: InputKind, batch: list[_Request]) -> None:
         live = [r for r in batch if not r.future.done()]
         if not live:
             return

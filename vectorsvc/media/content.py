@@ -8,17 +8,22 @@ small file can declare an enormous canvas (a decompression bomb).
 from __future__ import annotations
 
 import codecs
+import ctypes
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from vectorsvc.errors import ServiceError, ValidationFailed
 
 # How many leading bytes the magic-byte checks look at.
 HEAD_BYTES = 64
+# After decoding an image this large (or a batch of images this large together), freed
+# memory is handed back to the system (`release_freed_memory`).
+TRIM_AFTER_PIXELS = 4_000_000
 
 
 class MediaType(StrEnum):
@@ -170,7 +175,10 @@ def check_content(path: Path, content_type: str, *, max_pixels: int) -> ContentI
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise _invalid_image(content_type, exc) from None
-        return ContentInfo(width=image.width, height=image.height)
+        width, height = image.size
+    if width * height >= TRIM_AFTER_PIXELS:
+        release_freed_memory()
+    return ContentInfo(width=width, height=height)
 
 
 def _invalid_image(content_type: str, exc: BaseException) -> ValidationFailed:
@@ -211,16 +219,115 @@ def open_image(path: Path, *, max_pixels: int, field: str = "media_ref") -> Imag
     return image
 
 
-def load_rgb(path: Path, *, max_pixels: int) -> Image.Image:
+def load_rgb(
+    path: Path,
+    *,
+    max_pixels: int,
+    min_side: int | None = None,
+    max_aspect: int | None = None,
+) -> Image.Image:
     """Decode an image as RGB, rotated upright by its EXIF orientation.
 
     Transparent pixels become white (not the black a plain RGB conversion gives), which is
     what a person sees the image on.
+
+    With `min_side`, the image is made smaller while it is decoded, never below `min_side`
+    pixels on its shorter side: a JPEG decodes at 1/2, 1/4 or 1/8 scale (`Image.draft`, DCT
+    scaling: the full-size pixels never exist), other formats are averaged down by a whole
+    factor (`Image.reduce`) right after decoding. With `max_aspect`, an image longer than
+    `max_aspect` times its shorter side keeps only its middle part of that length. An image
+    that needs neither comes out exactly as without them.
     """
     with open_image(path, max_pixels=max_pixels) as image:
-        upright = ImageOps.exif_transpose(image)
-        if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
-            rgba = upright.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return upright.convert("RGB")
+        if min_side is not None:
+            image.draft(None, (min_side, min_side))  # JPEG only; other formats ignore it
+        try:
+            image.load()
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise _invalid_image(Image.MIME.get(image.format or "", "stored"), exc) from None
+        frame: Image.Image = image
+        if min_side is not None:
+            frame = _reduce(frame, min_side)
+        method = _EXIF_TRANSPOSE.get(orientation)
+        if method is not None:
+            frame = frame.transpose(method)
+        if max_aspect is not None:
+            frame = _middle(frame, max_aspect)
+        return _flat_rgb(frame)
+
+
+# EXIF orientation -> the transpose that makes the image upright (as `ImageOps.exif_transpose`).
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
+def _flat_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with transparent pixels on white."""
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _reduce(image: Image.Image, min_side: int) -> Image.Image:
+    """`image` averaged down by the largest whole factor that keeps `min_side` pixels."""
+    factor = min(image.size) // min_side
+    if factor < 2:
+        return image
+    if image.mode in ("RGBA", "LA"):
+        # Averaged with premultiplied alpha, so that the colour of transparent pixels (often
+        # black) does not bleed into their neighbours.
+        premultiplied = {"RGBA": "RGBa", "LA": "La"}[image.mode]
+        return image.convert(premultiplied).reduce(factor).convert(image.mode)
+    if image.mode == "1":
+        return image.convert("L").reduce(factor)  # grey, not RGB: a third of the memory
+    if image.mode not in ("L", "RGB"):
+        # Palette, 16-bit, CMYK...: into RGB(A) first, as `_flat_rgb` would.
+        return _reduce(image.convert("RGBA" if _has_alpha(image) else "RGB"), min_side)
+    return image.reduce(factor)
+
+
+def _middle(image: Image.Image, max_aspect: int) -> Image.Image:
+    """The middle of `image`, at most `max_aspect` times as long as its shorter side."""
+    width, height = image.size
+    keep = min(width, height) * max_aspect
+    if width > keep:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    if height > keep:
+        top = (height - keep) // 2
+        return image.crop((0, top, width, top + keep))
+    return image
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to call
+        return None
+    return trim
+
+
+def release_freed_memory() -> None:
+    """Hand memory that large decodes freed back to the system (glibc only).
+
+    Pillow holds a decoded image in 16 MB blocks; once freed, glibc keeps them in its heap
+    for reuse, so the process stays as large as its largest burst of decodes.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

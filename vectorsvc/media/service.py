@@ -226,12 +226,19 @@ def resolve_media(
         return _to_media_object(row, media_dir)
 
 
-def load_image(media: MediaObject, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode `media` as an upright (EXIF-transposed) RGB image, refusing too many pixels."""
+def load_image(
+    media: MediaObject,
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    min_side: int | None = None,
+    max_aspect: int | None = None,
+) -> Image.Image:
+    """Decode `media` as an upright (EXIF-transposed) RGB image, refusing too many pixels;
+    `min_side` and `max_aspect` make it smaller while decoding (see `load_rgb`)."""
     if not media.is_image:
         raise _not_an_image(media)
     _require_blob(media)
-    return load_rgb(media.path, max_pixels=max_pixels)
+    return load_rgb(media.path, max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect)
 
 
 def thumbnail_bytes(
@@ -274,6 +281,7 @@ class MediaService:
         quota_bytes: int,
         quota_count: int,
         thumbnail_cache_bytes: int,
+        image_decode_concurrency: int = 2,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -283,6 +291,8 @@ class MediaService:
         self.quota_bytes = quota_bytes
         self.quota_count = quota_count
         self.thumbnails = ThumbnailCache(thumbnail_cache_bytes)
+        # Image decodes for the models, process-wide: each may hold a full-resolution image.
+        self.decode_limiter = anyio.CapacityLimiter(image_decode_concurrency)
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database) -> MediaService:
@@ -295,6 +305,7 @@ class MediaService:
             quota_bytes=settings.media_quota_bytes,
             quota_count=settings.media_quota_count,
             thumbnail_cache_bytes=settings.thumbnail_cache_mb * 1024 * 1024,
+            image_decode_concurrency=settings.image_decode_concurrency,
         )
 
     # -- upload ---------------------------------------------------------------------------
@@ -559,8 +570,12 @@ class MediaService:
             field=field,
         )
 
-    def load_image(self, media: MediaObject) -> Image.Image:
-        return load_image(media, max_pixels=self.max_image_pixels)
+    def load_image(
+        self, media: MediaObject, *, min_side: int | None = None, max_aspect: int | None = None
+    ) -> Image.Image:
+        return load_image(
+            media, max_pixels=self.max_image_pixels, min_side=min_side, max_aspect=max_aspect
+        )
 
     def thumbnail_bytes(self, media: MediaObject, max_side: int = 256) -> bytes:
         """The thumbnail at `max_side` rounded up to a fixed size, cached for its workspace."""

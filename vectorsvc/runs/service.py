@@ -332,7 +332,12 @@ async def _index(ctx: RunContext) -> Output:
         partial(plan_index, state, ctx.model, ns, items, prepared, ctx.run_id, range(len(items)))
     )
     vectors, failures = await embed_prepared(
-        state, model=ctx.model, prepared=prepared, indexes=plan.to_embed, purpose="document"
+        state,
+        model=ctx.model,
+        prepared=prepared,
+        indexes=plan.to_embed,
+        purpose="document",
+        max_decoded_pixels=state.settings.max_decoded_pixels_per_run,
     )
     if failures:
         raise failures[min(failures)]
