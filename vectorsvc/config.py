@@ -182,6 +182,7 @@ class Settings(BaseSettings):
                 "reaches that Qdrant reads and deletes every workspace's points"
             )
         return warnings
+
     # Images for the models are decoded one batch at a time, made smaller while decoding, and
     # one decode serves every reference to the same bytes. A synchronous run may decode at most
     # this many pixels (distinct images, counted at full resolution); at most this many
