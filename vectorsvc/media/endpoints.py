@@ -15,6 +15,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES
+from vectorsvc.json_body import JSONRoute
 from vectorsvc.media.schemas import (
     MediaPublic,
     UploadComplete,
@@ -26,7 +27,9 @@ from vectorsvc.media.schemas import (
 from vectorsvc.media.service import THUMBNAIL_SIDES
 from vectorsvc.state import StateDep
 
-router = APIRouter(prefix="/api/media", tags=["media"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/media", tags=["media"], responses=ERROR_RESPONSES, route_class=JSONRoute
+)
 
 
 @router.post("/upload/init", response_model=UploadInitPublic, summary="Start a media upload")

@@ -44,6 +44,7 @@ from vectorsvc.runs.inputs import (
     IndexInput,
     IndexItem,
     IndexParams,
+    MetadataLimits,
     SearchInput,
     SearchParams,
     parse_metadata_filter,
@@ -313,7 +314,8 @@ async def _index(ctx: RunContext) -> Output:
     ns = ctx.ns
     state = ctx.state
     validate_part(IndexParams, ctx.request.params, prefix="params")
-    items = validate_part(IndexInput, ctx.request.input, prefix="input").items
+    limits = MetadataLimits.from_settings(ctx.state.settings)
+    items = validate_part(IndexInput, ctx.request.input, prefix="input", context=limits).items
     _check_count(ctx, len(items), "input.items")
     seen: set[str] = set()
     for i, item in enumerate(items):
