@@ -23,6 +23,7 @@ NON_STANDARD_TOKEN = (
     "{token} is not a JSON number (NaN, Infinity and -Infinity are not JSON): send finite "
     "numbers only"
 )
+TOO_DEEP = "it nests arrays and objects too deeply"
 
 
 def _refuse_constant(token: str) -> Any:
@@ -34,11 +35,14 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def loads(data: bytes | str) -> Any:
-    """`json.loads` that refuses NaN, Infinity and -Infinity (`json.JSONDecodeError`)."""
-    text = (
-        data if isinstance(data, str) else data.decode(json.detect_encoding(data), "surrogatepass")
-    )
-    return _DECODER.decode(text)
+    """`json.loads` that refuses NaN, Infinity and -Infinity, and says so when a document
+    nests deeper than Python's recursion limit (`json.JSONDecodeError` both)."""
+    if isinstance(data, bytes):
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    try:
+        return _DECODER.decode(data)
+    except RecursionError:
+        raise json.JSONDecodeError(TOO_DEEP, data[:100], 0) from None
 
 
 class StandardJSONRequest(Request):

@@ -252,6 +252,15 @@ async def test_non_standard_json_tokens_are_refused_at_parse(
     assert [item["id"] for item in listing.json()["data"]] == ["a"]
 
 
+async def test_a_body_nested_past_the_parser_is_422(service: Service, api_key: str) -> None:
+    deep = "[" * 100_000 + "]" * 100_000  # 200 KB, under the body size limit
+    item = {"id": "d", "text": "x", "metadata": {"v": "<deep>"}}
+    body = {"model": MODEL, "mode": "index", "scope": "kb", "input": {"items": [item]}}
+    r = await post_raw(service, api_key, "/api/runs", raw_json(body, deep=deep))
+    assert_error(r, 422, "validation_error", "body")
+    assert "nests arrays and objects too deeply" in r.json()["error"]["message"]
+
+
 async def test_every_route_with_a_body_parses_standard_json(service: Service) -> None:
     routes = [r for r in service.app.routes if isinstance(r, APIRoute)]
     assert len(routes) > 20
