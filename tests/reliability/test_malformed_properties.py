@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -294,3 +295,40 @@ def test_usage_summary_dates(target: Target, start: str | None, end: str | None)
     assert_handled(response)
     if response.status_code >= 400:
         assert response.json()["error"]["field"] in ("from", "to"), response.text
+
+
+@given(
+    item=st.one_of(
+        JSON_VALUES, JSON_VALUES.map(lambda m: f'{{"id":"h","text":"x","metadata":{m}}}')
+    )
+)
+@hypothesis_settings(PROPERTY, max_examples=15)
+def test_background_runs_report_hostile_items(target: Target, item: str) -> None:
+    """A background run takes its items unchecked and checks each as it goes: a hostile one
+    fails alone, and the run's status stays readable."""
+    good = {"id": "fine", "text": "fine", "metadata": {"n": 1}}
+    body = {
+        "model": MODEL,
+        "mode": "index",
+        "scope": "background",
+        "input": {"items": ["<raw>", good]},
+        "options": {"background": True},
+    }
+    response = target.post("/api/runs", with_raw(body, item))
+    assert_handled(response)
+    if response.status_code != 202:
+        return
+    run_id = response.json()["id"]
+    deadline = time.monotonic() + 60
+    while True:
+        status = target.get(f"/api/runs/{run_id}", {})
+        assert status.status_code == 200, status.text
+        if status.json()["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        assert time.monotonic() < deadline, status.text
+        time.sleep(0.02)
+    run = status.json()
+    assert run["status"] == "succeeded", run
+    assert run["progress"]["done"] + run["progress"]["skipped"] + run["progress"]["failed"] == 2
+    listing = target.get("/api/runs", {"limit": "5"})
+    assert listing.status_code == 200, listing.text
