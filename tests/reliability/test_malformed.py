@@ -358,10 +358,13 @@ async def test_a_stored_unreadable_point_is_readable_and_deletable_again(
             ),
             vector=vector,
         )
-        for item_id, metadata in (("deep", {"v": nested(200)}), ("fine", {"v": nested(60)}))
+        for item_id, metadata in (("deep", {"v": nested(200)}), ("fine", {"v": nested(120)}))
     ]
+    # And a point whose fields have types the service never writes.
+    odd = dict(records[1].payload, id="odd", metadata=[1, 2], indexed_at=5, media_ref=7)
+    records.append(PointRecord(id=ns.point_id("odd"), payload=odd, vector=vector))
     state.store.upsert(ns.collection, records)
-    catalog.record_count(state.db, ns=ns, point_count=3)
+    catalog.record_count(state.db, ns=ns, point_count=4)
     headers = {"X-API-Key": api_key}
     base = f"/api/knowledge-bases/{MODEL}/kb"
 
@@ -376,21 +379,22 @@ async def test_a_stored_unreadable_point_is_readable_and_deletable_again(
     r = await search()
     assert r.status_code == 200, r.text
     hits = {h["id"]: h for h in r.json()["output"]["hits"]}
-    assert set(hits) == {"a", "deep", "fine"}
+    assert set(hits) == {"a", "deep", "fine", "odd"}
+    assert hits["odd"]["metadata"] == {} and "media_ref" not in hits["odd"]
     assert hits["deep"]["metadata"] == {} and hits["deep"]["text"] is None
-    assert hits["fine"]["metadata"] == {"v": nested(60)}  # readable payloads are untouched
+    assert hits["fine"]["metadata"] == {"v": nested(120)}  # readable payloads are untouched
     assert hits["a"]["metadata"] == {"y": 5}
     r = await service.client.get(f"{base}/items", headers=headers)
     assert r.status_code == 200, r.text
-    assert sorted(i["id"] for i in r.json()["data"]) == ["a", "deep", "fine"]
+    assert sorted(i["id"] for i in r.json()["data"]) == ["a", "deep", "fine", "odd"]
     r = await service.client.get(f"{base}/items/deep", headers=headers)
     assert r.status_code == 200 and r.json()["id"] == "deep"
     r = await service.client.delete(f"{base}/items/deep", headers=headers)
     assert r.status_code == 200 and r.json()["deleted"] == 1, r.text
     r = await service.client.get(f"{base}/items", headers=headers)
-    assert sorted(i["id"] for i in r.json()["data"]) == ["a", "fine"]
+    assert sorted(i["id"] for i in r.json()["data"]) == ["a", "fine", "odd"]
     r = await service.client.delete(base, headers=headers)
-    assert r.status_code == 200 and r.json()["deleted"] == 2, r.text
+    assert r.status_code == 200 and r.json()["deleted"] == 3, r.text
 
 
 async def test_deleting_a_scope_with_an_unreadable_point_removes_it(

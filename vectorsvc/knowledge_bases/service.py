@@ -134,17 +134,24 @@ def _require_known(state: AppState, ns: Namespace) -> None:
 
 
 def item_public(record: PointRecord) -> ItemPublic:
+    """The item as the API shows it; a field of the wrong type (a stand-in for an unreadable
+    payload lacks most) is shown empty rather than failing the page."""
     payload = record.payload
     text = payload.get(namespaces.TEXT_FIELD)
-    media_ref = payload.get(namespaces.MEDIA_REF_FIELD)
+    media_ref = _str_or_none(payload.get(namespaces.MEDIA_REF_FIELD))
+    metadata = payload.get(namespaces.METADATA_FIELD)
     return ItemPublic(
         id=str(payload.get(namespaces.ID_FIELD)),
         text_snippet=text[:SNIPPET_CHARS] if isinstance(text, str) else None,
         media_ref=media_ref,
         thumbnail_url=thumbnail_url(media_ref),
-        metadata=payload.get(namespaces.METADATA_FIELD) or {},
-        indexed_at=payload.get(namespaces.INDEXED_AT_FIELD),
+        metadata=metadata if isinstance(metadata, dict) else {},
+        indexed_at=_str_or_none(payload.get(namespaces.INDEXED_AT_FIELD)),
     )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def thumbnail_url(media_ref: object) -> str | None:
