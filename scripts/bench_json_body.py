@@ -36,6 +36,11 @@ INDEX = json.dumps(
         },
     }
 ).encode()
+# The same items in non-ASCII text, as an ensure_ascii client sends it (\u escapes, an
+# emoji as a surrogate pair): the body holds backslashes, so the surrogate check runs.
+ESCAPED = json.dumps(
+    json.loads(INDEX.replace(b"some words", "s\u00f6me w\u00f6rds \U0001f600".encode()))
+).encode()
 SCOPE = {"type": "http", "method": "POST", "path": "/api/runs", "headers": []}
 
 
@@ -54,6 +59,8 @@ def main() -> None:
         ("json_body.loads, search body", best(lambda: loads(SEARCH), 20000)),
         ("json.loads, 1,000-item index body", best(lambda: json.loads(INDEX), 50)),
         ("json_body.loads, 1,000-item index body", best(lambda: loads(INDEX), 50)),
+        ("json.loads, same with escapes", best(lambda: json.loads(ESCAPED), 50)),
+        ("json_body.loads, same with escapes", best(lambda: loads(ESCAPED), 50)),
         ("Request(scope, receive)", best(lambda: Request(SCOPE, _receive), 20000)),
         (
             "StandardJSONRequest(scope, receive)",

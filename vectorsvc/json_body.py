@@ -2,17 +2,21 @@
 
 Python's `json.loads`, which FastAPI and Starlette use, accepts the non-standard tokens
 `NaN`, `Infinity` and `-Infinity`; a NaN or an infinity that reaches metadata or a filter
-cannot be stored, compared or written back as JSON. Every router is built with
-`route_class=JSONRoute`, whose requests parse their body with a decoder that refuses those
-tokens: FastAPI then answers a 422 `validation_error` like any other malformed body.
+cannot be stored, compared or written back as JSON. Likewise a string escape of a lone UTF-16
+surrogate (`"\\ud800"`) parses into a str that no UTF-8 encoder, and so no store, accepts.
+Every router is built with `route_class=JSONRoute`, whose requests parse their body with
+`loads`, which refuses both: FastAPI then answers a 422 `validation_error` like any other
+malformed body.
 
-It costs nothing on the parse itself (the same C scanner; the hook runs only when such a
-token is met) and nothing on a route without a body (a GET keeps the plain request).
+The parse itself costs the same (the same C scanner; the NaN hook runs only when such a
+token is met, the surrogate check only when the text escapes a surrogate), and a route
+without a body (every GET) keeps the plain request.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -24,6 +28,10 @@ NON_STANDARD_TOKEN = (
     "numbers only"
 )
 TOO_DEEP = "it nests arrays and objects too deeply"
+NOT_UNICODE = (
+    "it is not valid Unicode text (invalid UTF-8, or a lone UTF-16 surrogate such as \\ud800)"
+)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _refuse_constant(token: str) -> Any:
@@ -35,14 +43,43 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def loads(data: bytes | str) -> Any:
-    """`json.loads` that refuses NaN, Infinity and -Infinity, and says so when a document
-    nests deeper than Python's recursion limit (`json.JSONDecodeError` both)."""
+    """`json.loads` for request bodies (`json.JSONDecodeError` on each refusal): no NaN,
+    Infinity or -Infinity; text that is valid Unicode (no lone UTF-16 surrogate, which no
+    store or encoder downstream accepts); a clear refusal for nesting past Python's
+    recursion limit."""
     if isinstance(data, bytes):
-        data = data.decode(json.detect_encoding(data), "surrogatepass")
+        try:
+            data = data.decode(json.detect_encoding(data))
+        except UnicodeDecodeError as exc:
+            raise json.JSONDecodeError(NOT_UNICODE, "", exc.start) from None
     try:
-        return _DECODER.decode(data)
+        value = _DECODER.decode(data)
     except RecursionError:
         raise json.JSONDecodeError(TOO_DEEP, data[:100], 0) from None
+    # Only an escape of a surrogate (paired, as in an escaped emoji, or lone) can put a
+    # lone one in the result: look for it only then. `"\\" in` is a memchr; a search for
+    # the two characters `\u` costs half a parse.
+    if "\\" in data and _SURROGATE_ESCAPE.search(data) and _holds_lone_surrogate(value):
+        raise json.JSONDecodeError(NOT_UNICODE, "", 0)
+    return value
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if not node.isascii():
+                try:
+                    node.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(node, dict):
+            stack.extend(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 class StandardJSONRequest(Request):

@@ -252,6 +252,43 @@ async def test_non_standard_json_tokens_are_refused_at_parse(
     assert [item["id"] for item in listing.json()["data"]] == ["a"]
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"items": [{"id": "s", "text": "x", "metadata": {"v": "<s>"}}]},
+        {"items": [{"id": "s", "text": "x", "metadata": {"v": {"<s>": 1}}}]},
+        {"items": [{"id": "<s>", "text": "x"}]},
+    ],
+)
+async def test_a_lone_surrogate_escape_is_refused_at_parse(
+    service: Service, api_key: str, where: dict[str, Any]
+) -> None:
+    """`"\\ud800"` parsed into a str no UTF-8 encoder takes: the store raised (500)."""
+    for options in ({}, {"background": True}):
+        body = {"model": MODEL, "mode": "index", "scope": "kb", "input": where, "options": options}
+        r = await post_raw(service, api_key, "/api/runs", raw_json(body, s='"\\ud800"'))
+        assert_error(r, 422, "validation_error", "body")
+        assert "lone UTF-16 surrogate" in r.json()["error"]["message"]
+    delete = {"model": MODEL, "mode": "delete", "scope": "kb", "input": {"ids": ["<s>"]}}
+    r = await post_raw(service, api_key, "/api/runs", raw_json(delete, s='"a\\udfff"'))
+    assert_error(r, 422, "validation_error", "body")
+    # Bytes that are not UTF-8 at all (an encoded surrogate) are refused the same way.
+    raw = raw_json(delete, s='"x"').encode().replace(b'"x"', b'"\xed\xa0\x80"')
+    r = await service.client.post(
+        "/api/runs", content=raw, headers={"X-API-Key": api_key, "Content-Type": "application/json"}
+    )
+    assert_error(r, 422, "validation_error", "body")
+    # An escaped surrogate pair is one character (an emoji, as ensure_ascii JSON sends it).
+    item = {"id": "emoji", "text": "smile \U0001f600", "metadata": {"v": "\U0001f600"}}
+    body = {"model": MODEL, "mode": "index", "scope": "kb", "input": {"items": [item]}}
+    r = await post_raw(service, api_key, "/api/runs", json.dumps(body))  # ensure_ascii
+    assert r.status_code == 200, r.text
+    r = await service.client.get(
+        f"/api/knowledge-bases/{MODEL}/kb/items/emoji", headers={"X-API-Key": api_key}
+    )
+    assert r.json()["metadata"] == {"v": "\U0001f600"}
+
+
 async def test_a_body_nested_past_the_parser_is_422(service: Service, api_key: str) -> None:
     deep = "[" * 100_000 + "]" * 100_000  # 200 KB, under the body size limit
     item = {"id": "d", "text": "x", "metadata": {"v": "<deep>"}}

@@ -127,7 +127,7 @@ HOSTILE_NUMBERS = st.one_of(
 )
 SCALARS = st.one_of(
     HOSTILE_NUMBERS,
-    st.sampled_from(["true", "false", "null", '""', '"x"']),
+    st.sampled_from(["true", "false", "null", '""', '"x"', '"\\ud800"', '"\\ud83d\\ude00"']),
     st.text(max_size=10).map(json.dumps),
 )
 
