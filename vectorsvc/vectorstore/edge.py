@@ -22,6 +22,9 @@ moves points from the appendable segment, which lives in RAM with its payloads, 
 compacted segments whose vectors, payloads and id tracker stay on disk, paged in on demand
 (`Memory.Cold`). That and float16 vectors (the service's VECTORSVC_VECTOR_DATATYPE) keep
 resident memory at 1M points under 2.5 GB. See README, "Performance".
+
+Edge stores payloads it cannot read back (nested past 128 levels): a read or delete that
+meets one replaces it with a stand-in and goes on (`edge_payloads`).
 """
 
 from __future__ import annotations
