@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=20_000, ge=1)
     max_top_k: int = Field(default=100, ge=1, le=10_000)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Client metadata of an item: how deep it may nest (1: flat) and how many keys it may
+    # hold in all, nested objects included. The store cannot read back a payload nested
+    # past about 128 levels, hence the cap on the setting.
+    max_metadata_depth: int = Field(default=8, ge=1, le=64)
+    max_metadata_keys: int = Field(default=256, ge=1, le=10_000)
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
     # How long a batch may wait for more concurrent requests (only in a lane that has lately
     # seen concurrent requests; a lone client never waits).

@@ -143,7 +143,9 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     field = _loc_to_field(first.get("loc", ()))
     message = f"{field}: {first.get('msg', 'invalid value')}"
     if first.get("type") == "json_invalid":
-        message = "request body is not valid JSON"
+        ctx = first.get("ctx")
+        reason = ctx.get("error") if isinstance(ctx, dict) else None
+        message = "request body is not valid JSON" + (f": {reason}" if reason else "")
         field = "body"
     details = {
         "errors": [

@@ -9,10 +9,11 @@ from pydantic import BaseModel
 
 from vectorsvc import __version__
 from vectorsvc.errors import ERROR_RESPONSES, Unauthenticated
+from vectorsvc.json_body import JSONRoute
 from vectorsvc.observability import Metrics
 from vectorsvc.state import StateDep
 
-router = APIRouter(tags=["health"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["health"], responses=ERROR_RESPONSES, route_class=JSONRoute)
 
 
 class Health(BaseModel):

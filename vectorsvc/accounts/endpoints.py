@@ -15,9 +15,12 @@ from vectorsvc.accounts import service
 from vectorsvc.accounts.schemas import Me, Refresh, SignIn, TokenPair, UserPublic, WorkspacePublic
 from vectorsvc.auth.dependencies import Caller, CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES, Forbidden
+from vectorsvc.json_body import JSONRoute
 from vectorsvc.state import StateDep
 
-router = APIRouter(prefix="/api/auth", tags=["auth"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/auth", tags=["auth"], responses=ERROR_RESPONSES, route_class=JSONRoute
+)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,13 @@ from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.billing import service
 from vectorsvc.billing.schemas import UsageGroup, UsageSummaryPublic, UsageTotals, WalletPublic
 from vectorsvc.errors import ERROR_RESPONSES
+from vectorsvc.json_body import JSONRoute
 from vectorsvc.models.pricing import format_credits
 from vectorsvc.state import StateDep
 
-router = APIRouter(prefix="/api/billing", tags=["billing"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/billing", tags=["billing"], responses=ERROR_RESPONSES, route_class=JSONRoute
+)
 
 
 @router.get("/wallet", response_model=WalletPublic, summary="The workspace's wallet")

@@ -532,6 +532,7 @@ def _parse_instant(value: str | None, *, field: str, end_of_day: bool) -> dateti
                 day += timedelta(days=1)
             return datetime.combine(day, time(), tzinfo=UTC)
         instant = datetime.fromisoformat(text)
+        return _aware(instant).astimezone(UTC)
     except ValueError:
         raise ValidationFailed(
             f"{field}: {value!r} is not an ISO 8601 date (2026-01-31) or date-time "
@@ -539,7 +540,13 @@ def _parse_instant(value: str | None, *, field: str, end_of_day: bool) -> dateti
             field=field,
             code="invalid_date",
         ) from None
-    return _aware(instant).astimezone(UTC)
+    except OverflowError:  # the day after 9999-12-31, or an offset that leaves years 1-9999
+        raise ValidationFailed(
+            f"{field}: {value!r} is out of range: dates and date-times must fall within "
+            "years 1 to 9999 in UTC (a date-only 'to' at most 9999-12-30)",
+            field=field,
+            code="invalid_date",
+        ) from None
 
 
 def _group_key(session: Session, group_by: GroupBy) -> SQLColumnExpression[Any]:

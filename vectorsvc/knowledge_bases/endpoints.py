@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from vectorsvc import namespaces
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES, NotFound
+from vectorsvc.json_body import JSONRoute
 from vectorsvc.knowledge_bases import service
 from vectorsvc.knowledge_bases.schemas import (
     DeleteByFilter,
@@ -20,7 +21,10 @@ from vectorsvc.knowledge_bases.schemas import (
 from vectorsvc.state import StateDep
 
 router = APIRouter(
-    prefix="/api/knowledge-bases", tags=["knowledge-bases"], responses=ERROR_RESPONSES
+    prefix="/api/knowledge-bases",
+    tags=["knowledge-bases"],
+    responses=ERROR_RESPONSES,
+    route_class=JSONRoute,
 )
 
 ModelPath = Annotated[str, Path(description="Model slug", max_length=100)]

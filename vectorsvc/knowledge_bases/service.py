@@ -9,11 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from typing import Any
 
 import anyio
 
-from vectorsvc import namespaces
+from vectorsvc import json_body, namespaces
 from vectorsvc.errors import NotFound, ValidationFailed
 from vectorsvc.knowledge_bases import catalog
 from vectorsvc.knowledge_bases.schemas import (
@@ -35,16 +36,31 @@ def _encode_cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
 
+def _invalid_cursor() -> ValidationFailed:
+    return ValidationFailed(
+        "cursor is not valid; pass the next_cursor of the previous page",
+        field="cursor",
+        code="invalid_cursor",
+    )
+
+
 def _decode_cursor(cursor: str) -> Any:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        return json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise ValidationFailed(
-            "cursor is not valid; pass the next_cursor of the previous page",
-            field="cursor",
-            code="invalid_cursor",
-        ) from None
+        return json_body.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise _invalid_cursor() from None
+
+
+def _decode_scroll_cursor(cursor: str) -> str:
+    """An item listing's cursor: the id of the first point of the next page (a UUID)."""
+    decoded = _decode_cursor(cursor)
+    if not isinstance(decoded, str):
+        raise _invalid_cursor()
+    try:
+        return str(uuid.UUID(decoded))
+    except ValueError:
+        raise _invalid_cursor() from None
 
 
 def list_knowledge_bases(
@@ -61,9 +77,13 @@ def list_knowledge_bases(
     after: tuple[str, str] | None = None
     if cursor:
         decoded = _decode_cursor(cursor)
-        if not (isinstance(decoded, list) and len(decoded) == 2):
-            raise ValidationFailed("cursor is not valid", field="cursor", code="invalid_cursor")
-        after = (str(decoded[0]), str(decoded[1]))
+        if not (
+            isinstance(decoded, list)
+            and len(decoded) == 2
+            and all(isinstance(part, str) for part in decoded)
+        ):
+            raise _invalid_cursor()
+        after = (decoded[0], decoded[1])
     entries, total = catalog.list_entries(
         state.db,
         workspace_id=workspace_id,
@@ -114,17 +134,24 @@ def _require_known(state: AppState, ns: Namespace) -> None:
 
 
 def item_public(record: PointRecord) -> ItemPublic:
+    """The item as the API shows it; a field of the wrong type (a stand-in for an unreadable
+    payload lacks most) is shown empty rather than failing the page."""
     payload = record.payload
     text = payload.get(namespaces.TEXT_FIELD)
-    media_ref = payload.get(namespaces.MEDIA_REF_FIELD)
+    media_ref = _str_or_none(payload.get(namespaces.MEDIA_REF_FIELD))
+    metadata = payload.get(namespaces.METADATA_FIELD)
     return ItemPublic(
         id=str(payload.get(namespaces.ID_FIELD)),
         text_snippet=text[:SNIPPET_CHARS] if isinstance(text, str) else None,
         media_ref=media_ref,
         thumbnail_url=thumbnail_url(media_ref),
-        metadata=payload.get(namespaces.METADATA_FIELD) or {},
-        indexed_at=payload.get(namespaces.INDEXED_AT_FIELD),
+        metadata=metadata if isinstance(metadata, dict) else {},
+        indexed_at=_str_or_none(payload.get(namespaces.INDEXED_AT_FIELD)),
     )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def thumbnail_url(media_ref: object) -> str | None:
@@ -135,12 +162,7 @@ async def list_items(
     state: AppState, *, workspace_id: str, model: str, scope: str, cursor: str | None, limit: int
 ) -> ItemsPublic:
     ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
-    offset: str | None = None
-    if cursor:
-        decoded = _decode_cursor(cursor)
-        if not isinstance(decoded, str):
-            raise ValidationFailed("cursor is not valid", field="cursor", code="invalid_cursor")
-        offset = decoded
+    offset = _decode_scroll_cursor(cursor) if cursor else None
 
     def _scroll() -> ItemsPublic:
         _require_known(state, ns)

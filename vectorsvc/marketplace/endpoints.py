@@ -8,11 +8,17 @@ from fastapi import APIRouter, Path, Query
 
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES
+from vectorsvc.json_body import JSONRoute
 from vectorsvc.marketplace import service
 from vectorsvc.marketplace.schemas import ModelDetailPublic, ModelsPublic
 from vectorsvc.state import StateDep
 
-router = APIRouter(prefix="/api/marketplace", tags=["marketplace"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/marketplace",
+    tags=["marketplace"],
+    responses=ERROR_RESPONSES,
+    route_class=JSONRoute,
+)
 
 
 @router.get("/models", response_model=ModelsPublic, summary="List the published models")

@@ -16,6 +16,7 @@ from starlette.datastructures import URL
 
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES
+from vectorsvc.json_body import JSONRoute
 from vectorsvc.media.references import MediaReference, find_references
 from vectorsvc.media.schemas import (
     MediaPublic,
@@ -30,7 +31,9 @@ from vectorsvc.media.service import MediaObject
 from vectorsvc.media.thumbnails import MAX_SIDE_RANGE, thumbnail_side
 from vectorsvc.state import StateDep
 
-router = APIRouter(prefix="/api/media", tags=["media"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/media", tags=["media"], responses=ERROR_RESPONSES, route_class=JSONRoute
+)
 
 
 @router.post("/upload/init", response_model=UploadInitPublic, summary="Start a media upload")

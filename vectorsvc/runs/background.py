@@ -43,7 +43,7 @@ from vectorsvc.runs.content import (
     embed_prepared,
     resolve_media,
 )
-from vectorsvc.runs.inputs import IndexItem
+from vectorsvc.runs.inputs import IndexItem, MetadataLimits
 from vectorsvc.runs.scheduling import FairQueue
 from vectorsvc.runs.schemas import (
     RunErrorPublic,
@@ -541,11 +541,12 @@ class BackgroundRuns:
         failures: list[dict[str, Any]] = []
         items: list[IndexItem] = []
         positions: list[int] = []  # index in the run of each valid item
+        metadata_limits = MetadataLimits.from_settings(state.settings)
         for pos in range(start, end):
             raw = raw_items[pos]
             raw_id = raw.get("id") if isinstance(raw, dict) else None
             try:
-                item = IndexItem.model_validate(raw)
+                item = IndexItem.model_validate(raw, context=metadata_limits)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"]) or "item"

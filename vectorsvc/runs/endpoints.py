@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from vectorsvc.auth.dependencies import Caller, CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES, ServiceError
+from vectorsvc.json_body import JSONRoute
 from vectorsvc.observability import RUN_MODES, Metrics
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.schemas import (
@@ -23,7 +24,7 @@ from vectorsvc.runs.schemas import (
 from vectorsvc.runs.service import execute_run
 from vectorsvc.state import AppState, StateDep
 
-router = APIRouter(prefix="/api", tags=["runs"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/api", tags=["runs"], responses=ERROR_RESPONSES, route_class=JSONRoute)
 
 _EXAMPLE = {
     "model": "all-minilm-l6-v2",

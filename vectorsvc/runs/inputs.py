@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import (
@@ -11,10 +13,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from vectorsvc.config import Settings
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.namespaces import METADATA_FIELD
 from vectorsvc.vectorstore.base import Condition, Filter, MatchAny, MatchValue, Range
@@ -22,14 +27,31 @@ from vectorsvc.vectorstore.base import Condition, Filter, MatchAny, MatchValue, 
 METADATA_KEY_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 MAX_METADATA_BYTES = 16_384
 MAX_ID_CHARS = 256
+# What the store holds as an integer (and compares in a filter): a signed 64-bit value.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Error types of our own validators that become the error's `code` as they are.
+_CONTRACT_CODES = frozenset({"metadata_too_deep", "metadata_too_many_keys", "invalid_number"})
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate_part(model: type[M], data: Any, *, prefix: str) -> M:
+@dataclass(frozen=True)
+class MetadataLimits:
+    """How deep an item's metadata may nest and how many keys it may hold; models that
+    carry metadata read them from the validation context (defaults: the settings')."""
+
+    max_depth: int = Settings.model_fields["max_metadata_depth"].default
+    max_keys: int = Settings.model_fields["max_metadata_keys"].default
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MetadataLimits:
+        return cls(max_depth=settings.max_metadata_depth, max_keys=settings.max_metadata_keys)
+
+
+def validate_part(model: type[M], data: Any, *, prefix: str, context: Any = None) -> M:
     """Validate `data` against `model`; the first error names its field under `prefix`."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         first = exc.errors()[0]
         path = prefix
@@ -39,14 +61,66 @@ def validate_part(model: type[M], data: Any, *, prefix: str) -> M:
         if first["type"] == "extra_forbidden":
             allowed = ", ".join(model.model_fields)
             message = f"unknown field; {prefix} accepts: {allowed}"
-        raise ValidationFailed(f"{path}: {message}", field=path) from None
+        code = first["type"] if first["type"] in _CONTRACT_CODES else None
+        raise ValidationFailed(f"{path}: {message}", field=path, code=code) from None
+
+
+def number_problem(value: int | float) -> str | None:
+    """Why a JSON number cannot be stored or compared (None when it can): integers must
+    fit in 64 bits, floats must be finite (`1e400` parses as an infinity)."""
+    if isinstance(value, int):
+        if INT64_MIN <= value <= INT64_MAX:
+            return None
+        return "an integer outside the 64-bit range (-2**63 to 2**63-1); send it as a string"
+    if math.isfinite(value):
+        return None
+    return "not a finite number"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+def _check_metadata_tree(value: dict[str, Any], limits: MetadataLimits) -> None:
+    """Depth, key count and numbers of the whole tree, walked without recursion (a tree
+    deeper than Python's recursion limit is refused, not a crash)."""
+    keys = 0
+    stack: list[tuple[Any, int, str]] = [(value, 1, "metadata")]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > limits.max_depth:
+                raise PydanticCustomError(
+                    "metadata_too_deep",
+                    "metadata nests more than {max_depth} levels deep (each object or array "
+                    "is a level); at most {max_depth}",
+                    {"max_depth": limits.max_depth},
+                )
+            if isinstance(node, dict):
+                keys += len(node)
+                if keys > limits.max_keys:
+                    raise PydanticCustomError(
+                        "metadata_too_many_keys",
+                        "metadata holds more than {max_keys} keys (nested objects included); "
+                        "at most {max_keys}",
+                        {"max_keys": limits.max_keys},
+                    )
+                children = node.items()
+            else:
+                children = enumerate(node)  # type: ignore[assignment]
+            for name, child in children:
+                if isinstance(child, dict | list | int | float) and not isinstance(child, bool):
+                    where = f"{path}[{name}]" if isinstance(name, int) else f"{path}.{name}"
+                    stack.append((child, depth + 1, where))
+        elif isinstance(node, int | float) and (problem := number_problem(node)):
+            raise PydanticCustomError(
+                "invalid_number", "{where} is {problem}", {"where": path[:200], "problem": problem}
+            )
+
+
+def _check_metadata(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    limits = info.context if isinstance(info.context, MetadataLimits) else MetadataLimits()
+    _check_metadata_tree(value, limits)
     for key in value:
         if not METADATA_KEY_RULE.match(key):
             raise ValueError(
@@ -145,6 +219,31 @@ class DeleteParams(_Strict):
 _RANGE_OPS = ("gt", "gte", "lt", "lte")
 
 
+def _check_filter_number(value: str | int, path: str) -> None:
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (problem := number_problem(value))
+    ):
+        raise ValidationFailed(f"{path}: {problem}", field=path, code="invalid_filter")
+
+
+def _range_bound(bound: int | float, path: str) -> float:
+    """A range bound as the store compares it: a finite 64-bit float."""
+    try:
+        value = float(bound)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise ValidationFailed(
+            f"{path}: range bounds must be finite numbers within the 64-bit float range "
+            "(about ±1.8e308)",
+            field=path,
+            code="invalid_filter",
+        )
+    return value
+
+
 def parse_metadata_filter(raw: dict[str, Any], *, field: str) -> Filter:
     """`{"lang": "en", "tag": {"any": ["a", "b"]}, "year": {"gte": 2000, "lt": 2010}}`:
     equality, any-of and numeric range on metadata keys, all of which must hold."""
@@ -159,6 +258,7 @@ def parse_metadata_filter(raw: dict[str, Any], *, field: str) -> Filter:
             )
         target = f"{METADATA_FIELD}.{key}"
         if isinstance(spec, str | bool | int) and not isinstance(spec, float):
+            _check_filter_number(spec, path)
             conditions.append(MatchValue(key=target, value=spec))
         elif isinstance(spec, dict) and set(spec) == {"any"}:
             values = spec["any"]
@@ -172,6 +272,8 @@ def parse_metadata_filter(raw: dict[str, Any], *, field: str) -> Filter:
                     field=f"{path}.any",
                     code="invalid_filter",
                 )
+            for position, value in enumerate(values):
+                _check_filter_number(value, f"{path}.any[{position}]")
             conditions.append(MatchAny(key=target, values=tuple(values)))
         elif isinstance(spec, dict) and spec and set(spec) <= set(_RANGE_OPS):
             bounds: dict[str, float] = {}
@@ -182,7 +284,7 @@ def parse_metadata_filter(raw: dict[str, Any], *, field: str) -> Filter:
                         field=f"{path}.{op}",
                         code="invalid_filter",
                     )
-                bounds[op] = float(bound)
+                bounds[op] = _range_bound(bound, f"{path}.{op}")
             conditions.append(Range(key=target, **bounds))
         else:
             raise ValidationFailed(

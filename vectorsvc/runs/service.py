@@ -44,6 +44,7 @@ from vectorsvc.runs.inputs import (
     IndexInput,
     IndexItem,
     IndexParams,
+    MetadataLimits,
     SearchInput,
     SearchParams,
     parse_metadata_filter,
@@ -313,7 +314,8 @@ async def _index(ctx: RunContext) -> Output:
     ns = ctx.ns
     state = ctx.state
     validate_part(IndexParams, ctx.request.params, prefix="params")
-    items = validate_part(IndexInput, ctx.request.input, prefix="input").items
+    limits = MetadataLimits.from_settings(ctx.state.settings)
+    items = validate_part(IndexInput, ctx.request.input, prefix="input", context=limits).items
     _check_count(ctx, len(items), "input.items")
     seen: set[str] = set()
     for i, item in enumerate(items):
@@ -418,14 +420,16 @@ async def _search(ctx: RunContext) -> Output:
 
 def hit_public(hit: ScoredPoint) -> dict[str, Any]:
     payload = hit.payload
+    metadata = payload.get(namespaces.METADATA_FIELD)
     out: dict[str, Any] = {
         "id": payload.get(namespaces.ID_FIELD),
         "score": hit.score,
         "text": payload.get(namespaces.TEXT_FIELD),
-        "metadata": payload.get(namespaces.METADATA_FIELD) or {},
+        # A stand-in for an unreadable payload has none; no stored type fails the answer.
+        "metadata": metadata if isinstance(metadata, dict) else {},
     }
     media_ref = payload.get(namespaces.MEDIA_REF_FIELD)
-    if media_ref is not None:
+    if isinstance(media_ref, str):
         out["media_ref"] = media_ref
         out["thumbnail_url"] = thumbnail_url(media_ref)
     return out

@@ -22,23 +22,27 @@ moves points from the appendable segment, which lives in RAM with its payloads, 
 compacted segments whose vectors, payloads and id tracker stay on disk, paged in on demand
 (`Memory.Cold`). That and float16 vectors (the service's VECTORSVC_VECTOR_DATATYPE) keep
 resident memory at 1M points under 2.5 GB. See README, "Performance".
+
+Edge stores payloads it cannot read back (nested past 128 levels): a read or delete that
+meets one replaces it with a stand-in and goes on (`edge_payloads`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import qdrant_edge as qe
@@ -59,6 +63,12 @@ from vectorsvc.vectorstore.base import (
     Vector,
     VectorStoreError,
 )
+from vectorsvc.vectorstore.edge_payloads import (
+    find_unreadable,
+    index_only,
+    is_unreadable_payload,
+    stand_in_payload,
+)
 from vectorsvc.vectorstore.filters import (
     DENSE_VECTOR,
     canonical_id,
@@ -78,6 +88,10 @@ _LOCK_FILE = ".lock"
 _DATATYPE_KEY = "vector_datatype"
 _WARM_CHUNK = 1 << 20  # bytes per read() of warm(): each releases the GIL
 VectorDatatype = Literal["float32", "float16"]
+_READ_PAGE = 512
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 def _check_name(name: str, what: str = "collection") -> str:
@@ -539,6 +553,78 @@ class EdgeVectorStore:
             self._check_open()
             return self._aliases.get(alias)
 
+    # --- payloads the engine cannot read (see edge_payloads) --------------------------------
+
+    def _reading(self, name: str, flt: Filter, read: Callable[[], T], *, locked: bool = False) -> T:
+        """`read()`; if a stored payload it touches cannot be decoded, replace the unreadable
+        payloads among the points `flt` selects and read again."""
+        try:
+            return read()
+        except BaseException as exc:
+            if not is_unreadable_payload(exc):
+                raise
+        return self._after_repair(name, flt, read, locked=locked)
+
+    def _after_repair(
+        self, name: str, flt: Filter, read: Callable[[], T], *, locked: bool = False
+    ) -> T:
+        self._repair_unreadable(name, flt, locked=locked)
+        try:
+            return read()
+        except BaseException as exc:
+            if not is_unreadable_payload(exc):
+                raise
+            raise VectorStoreError(
+                f"collection {name!r} holds a payload that cannot be read and was not found"
+            ) from exc
+
+    def _repair_unreadable(self, name: str, flt: Filter, *, locked: bool) -> int:
+        """Give every unreadable payload among the points that `flt`'s indexed conditions
+        select (the whole collection if none is found there) a readable stand-in."""
+        spec = self._spec(name)
+        shard = self._shard(name)
+        scope = index_only(flt, spec)
+        bad = find_unreadable(shard, to_edge_filter(scope))
+        if not bad and scope.must:
+            # A filter check may read points outside the scope (the engine picks the order).
+            bad = find_unreadable(shard, None)
+        for point_id in bad:
+            payload = stand_in_payload(shard, point_id, spec)
+            with nullcontext() if locked else self._write_lock(name):
+                shard.update(qe.UpdateOperation.overwrite_payload([point_id], payload))
+        if bad:
+            logger.warning(
+                "collection %s: replaced %d unreadable stored payloads with stand-ins (ids %s)",
+                name,
+                len(bad),
+                ", ".join(bad[:20]),
+            )
+        return len(bad)
+
+    def _make_readable(self, name: str, flt: Filter) -> None:
+        """Read every payload `flt` selects (the caller holds the write lock); repair the
+        collection if one cannot be read."""
+        shard = self._shard(name)
+        edge_filter = to_edge_filter(flt)
+        offset: Any = None
+        while True:
+            request = qe.ScrollRequest(
+                offset=offset,
+                limit=_READ_PAGE,
+                filter=edge_filter,
+                with_payload=True,
+                with_vector=False,
+            )
+            try:
+                _, offset = shard.scroll(request)
+            except BaseException as exc:
+                if not is_unreadable_payload(exc):
+                    raise
+                self._repair_unreadable(name, flt, locked=True)
+                return
+            if offset is None:
+                return
+
     # --- points ---------------------------------------------------------------------------
 
     def upsert(self, collection: str, points: Sequence[PointRecord]) -> None:
@@ -580,7 +666,13 @@ class EdgeVectorStore:
             with_payload=True,
             with_vector=False,
         )
-        hits = self._shard(name).query(request)
+        shard = self._shard(name)
+        try:
+            hits = shard.query(request)
+        except BaseException as exc:
+            if not is_unreadable_payload(exc):
+                raise
+            hits = self._after_repair(name, filter, lambda: shard.query(request))
         return [
             ScoredPoint(id=str(h.id), score=float(h.score), payload=_payload(h.payload))
             for h in hits
@@ -592,7 +684,12 @@ class EdgeVectorStore:
         if not wanted:
             return []
         point_ids: list[qe.PointId] = list(wanted)
-        records = self._shard(name).retrieve(point_ids, with_payload=True, with_vector=False)
+        shard = self._shard(name)
+        records = self._reading(
+            name,
+            Filter(must=(HasIds(tuple(wanted)),)),
+            lambda: shard.retrieve(point_ids, with_payload=True, with_vector=False),
+        )
         by_id = {str(r.id): r for r in records}
         # Request order, duplicates once, missing left out: same as the remote backend.
         return [
@@ -604,7 +701,8 @@ class EdgeVectorStore:
     def count(self, collection: str, *, filter: Filter) -> int:
         name = self._resolve(collection)
         request = qe.CountRequest(exact=True, filter=to_edge_filter(filter))
-        return int(self._shard(name).count(request))
+        shard = self._shard(name)
+        return int(self._reading(name, filter, lambda: shard.count(request)))
 
     def scroll(
         self,
@@ -622,7 +720,8 @@ class EdgeVectorStore:
             with_payload=True,
             with_vector=False,
         )
-        records, next_offset = self._shard(name).scroll(request)
+        shard = self._shard(name)
+        records, next_offset = self._reading(name, filter, lambda: shard.scroll(request))
         return ScrollPage(
             points=[PointRecord(id=str(r.id), payload=_payload(r.payload)) for r in records],
             # Edge returns a uuid.UUID (the first id of the next page, inclusive).
@@ -635,9 +734,13 @@ class EdgeVectorStore:
         edge_filter = to_edge_filter(filter)
         # Count and delete under the collection's write lock: no upsert can slip in between,
         # so the count is exactly what the delete removes.
+        count = qe.CountRequest(exact=True, filter=edge_filter)
         with self._write_lock(name):
-            removed = int(shard.count(qe.CountRequest(exact=True, filter=edge_filter)))
+            removed = int(self._reading(name, filter, lambda: shard.count(count), locked=True))
             if removed:
+                # A delete reads the payloads it removes, and one it cannot read fails it
+                # halfway: replace such payloads first.
+                self._make_readable(name, filter)
                 if edge_filter is None:
                     edge_filter = qe.Filter(must=[])  # matches every point
                 shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
@@ -646,5 +749,6 @@ class EdgeVectorStore:
     def facet(self, collection: str, key: str, *, filter: Filter, limit: int) -> dict[str, int]:
         name = self._resolve(collection)
         request = qe.FacetRequest(key, limit=limit, exact=True, filter=to_edge_filter(filter))
-        response = self._shard(name).facet(request)
+        shard = self._shard(name)
+        response = self._reading(name, filter, lambda: shard.facet(request))
         return {facet_key(hit.value): int(hit.count) for hit in response.hits}

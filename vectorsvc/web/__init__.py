@@ -13,6 +13,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from vectorsvc.json_body import JSONRoute
+
 STATIC_DIR = Path(__file__).parent / "static"
 
 # The page holds tokens, so it runs only its own scripts and is never framed; thumbnails
@@ -28,7 +30,7 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=JSONRoute)
 
 
 @router.get("/")
