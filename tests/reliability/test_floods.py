@@ -20,6 +20,7 @@ import anyio
 import httpx
 import pytest
 from argon2 import PasswordHasher
+from pydantic import ValidationError
 from sqlalchemy import update
 from starlette.requests import Request
 
@@ -27,6 +28,7 @@ from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from vectorsvc.accounts.service import create_user
 from vectorsvc.auth.throttle import AuthThrottle, client_address
+from vectorsvc.config import Settings
 from vectorsvc.db.models import User
 from vectorsvc.limits import Lockout, RateLimiter
 from vectorsvc.models.registry import ModelSpec
@@ -358,3 +360,22 @@ def test_limiters_forget_the_least_recently_used_key() -> None:
 def test_client_address_keys(host: str, key: str) -> None:
     request = Request({"type": "http", "client": (host, 1234), "headers": []})
     assert client_address(request) == key
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    assert Settings(trusted_proxies=" 10.0.0.5, 172.16.0.0/12,::1 ").trusted_proxy_list == [
+        "10.0.0.5",
+        "172.16.0.0/12",
+        "::1",
+    ]
+    with pytest.raises(ValidationError, match="VECTORSVC_TRUSTED_PROXIES: 'proxy.local'"):
+        Settings(trusted_proxies="10.0.0.5,proxy.local")
+
+
+async def test_a_forwarded_request_is_not_a_loopback_client_of_metrics(service: Service) -> None:
+    # No trusted proxies: a proxy on this host forwarding an outside client must not make
+    # it a loopback client (`vectorsvc serve` no longer lets uvicorn rewrite the peer).
+    assert (await service.client.get("/metrics")).status_code == 200
+    r = await service.client.get("/metrics", headers=from_address("198.51.100.7"))
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "metrics_forbidden"
