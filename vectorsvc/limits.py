@@ -138,6 +138,13 @@ class Lockout:
         with self._lock:
             self._entries.pop(key, None)
 
+    def forgive(self, key: str) -> None:
+        """Take back one failure counted ahead of its outcome (a lock stays)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] > 0:
+                self._entries[key] = (entry[0] - 1, entry[1])
+
 
 class BodySizeLimitMiddleware:
     """Refuse request bodies over `max_bytes` with 413, by header or while streaming.

@@ -18,7 +18,7 @@ from vectorsvc.accounts import service
 from vectorsvc.accounts.schemas import Me, Refresh, SignIn, TokenPair, UserPublic, WorkspacePublic
 from vectorsvc.auth.dependencies import Caller, CurrentCaller
 from vectorsvc.auth.throttle import client_address
-from vectorsvc.errors import ERROR_RESPONSES, Forbidden, Unauthenticated
+from vectorsvc.errors import ERROR_RESPONSES, Forbidden
 from vectorsvc.state import StateDep
 
 router = APIRouter(prefix="/api/auth", tags=["auth"], responses=ERROR_RESPONSES)
@@ -60,10 +60,6 @@ def _token_pair(issued: service.IssuedTokens, response: Response) -> TokenPair:
 
 @router.post("/sign-in", response_model=TokenPair, summary="Sign in with email and password")
 async def sign_in(body: SignIn, request: Request, state: StateDep, response: Response) -> TokenPair:
-    throttle = state.auth_throttle
-    address, email = client_address(request), service.normalize_email(body.email)
-    throttle.admit_sign_in(address=address, email=email)
-
     def check_password() -> service.IssuedTokens:
         with state.db.session() as session:
             return service.sign_in(
@@ -74,13 +70,11 @@ async def sign_in(body: SignIn, request: Request, state: StateDep, response: Res
                 lifetimes=service.TokenLifetimes.from_settings(state.settings),
             )
 
-    try:
-        issued = await throttle.password_checks.run(check_password)
-    except Unauthenticated as error:
-        if error.code == service.INVALID_CREDENTIALS_CODE:
-            throttle.sign_in_failed(address=address, email=email)
-        raise
-    throttle.sign_in_succeeded(address=address, email=email)
+    issued = await state.auth_throttle.sign_in(
+        address=client_address(request),
+        email=service.normalize_email(body.email),
+        check=check_password,
+    )
     return _token_pair(issued, response)
 
 

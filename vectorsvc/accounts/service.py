@@ -38,7 +38,6 @@ _EMAIL_RULE = re.compile(r"^[^@\s]+@[^@\s]+$")
 _hasher = PasswordHasher()
 
 INVALID_CREDENTIALS = "the email or password is wrong"
-INVALID_CREDENTIALS_CODE = "invalid_credentials"
 
 
 @dataclass(frozen=True)
@@ -206,9 +205,9 @@ def sign_in(
     if user is None:
         # Hash anyway so an unknown email costs as long as a wrong password.
         _password_matches(_dummy_hash(), password)
-        raise Unauthenticated(INVALID_CREDENTIALS, code=INVALID_CREDENTIALS_CODE)
+        raise Unauthenticated(INVALID_CREDENTIALS, code="invalid_credentials")
     if not _password_matches(user.password_hash, password):
-        raise Unauthenticated(INVALID_CREDENTIALS, code=INVALID_CREDENTIALS_CODE)
+        raise Unauthenticated(INVALID_CREDENTIALS, code="invalid_credentials")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
 

@@ -31,6 +31,7 @@ from typing import TypeVar
 from starlette.requests import HTTPConnection
 
 from vectorsvc.config import Settings
+from vectorsvc.errors import ServiceError, Unauthenticated
 from vectorsvc.limits import Lockout, RateLimited, RateLimiter
 
 T = TypeVar("T")
@@ -86,7 +87,8 @@ class BoundedWork:
         with self._lock:
             self._admitted -= 1
 
-    async def run(self, fn: Callable[[], T]) -> T:
+    async def run(self, fn: Callable[[], T], *, on_admit: Callable[[], None] | None = None) -> T:
+        """`fn()` on the pool; `on_admit` runs once the call has a place, before it starts."""
         with self._lock:
             if self._admitted >= self.capacity:
                 raise HashingBusy(
@@ -98,6 +100,8 @@ class BoundedWork:
                 )
             self._admitted += 1
         try:
+            if on_admit is not None:
+                on_admit()
             future = self._executor.submit(fn)
         except BaseException:
             self._release()
@@ -156,13 +160,17 @@ class AuthThrottle:
         """Count a 401 against `address`; raise 429 once its budget is spent."""
         self.failed_auth.check(address)
 
-    def admit_sign_in(self, *, address: str, email: str) -> None:
-        """Before any hashing: the address's attempts, then the email's lockouts."""
+    async def sign_in(self, *, address: str, email: str, check: Callable[[], T]) -> T:
+        """`check()` (which verifies the password, raising `Unauthenticated` when it is
+        wrong) under every sign-in limit, each checked before any hashing.
+
+        An attempt counts as a failure from the moment it has a place to run, and a success
+        clears the count: however many arrive at once, at most `sign_in_lockout_failures`
+        passwords are tried for an email from one address before the lock.
+        """
         self.attempts.check(address)
-        for lockout, key in (
-            (self.address_lockout, _pair(email, address)),
-            (self.account_lockout, email),
-        ):
+        keys = ((self.address_lockout, _pair(email, address)), (self.account_lockout, email))
+        for lockout, key in keys:
             remaining = lockout.locked_for(key)
             if remaining is not None:
                 # Unknown emails lock the same way, so this tells nobody an account exists.
@@ -174,13 +182,26 @@ class AuthThrottle:
                     headers={"Retry-After": str(remaining)},
                 )
 
-    def sign_in_failed(self, *, address: str, email: str) -> None:
-        self.address_lockout.fail(_pair(email, address))
-        self.account_lockout.fail(email)
+        def count_failure() -> None:
+            for lockout, key in keys:
+                lockout.fail(key)
 
-    def sign_in_succeeded(self, *, address: str, email: str) -> None:
-        self.address_lockout.succeed(_pair(email, address))
-        self.account_lockout.succeed(email)
+        try:
+            result = await self.password_checks.run(check, on_admit=count_failure)
+        except (HashingBusy, Unauthenticated):
+            raise  # refused before counting; or a wrong password, counted
+        except ServiceError:
+            # Raised after the password matched (not a member of that workspace, say).
+            for lockout, key in keys:
+                lockout.succeed(key)
+            raise
+        except BaseException:
+            for lockout, key in keys:  # failed or abandoned: no answer, so no guess
+                lockout.forgive(key)
+            raise
+        for lockout, key in keys:
+            lockout.succeed(key)
+        return result
 
     def admit_refresh(self, address: str) -> None:
         self.attempts.check(address)
