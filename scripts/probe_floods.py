@@ -4,11 +4,14 @@
    password checks ran (every 401 is one argon2 verify), the burst's wall time, and how
    long /health and an API-key request took meanwhile (sampled one after another).
 2. 300 requests with made-up API keys, 16 at a time: status counts.
-3. (--rotate N) N made-up keys from N different addresses through a trusted proxy
+3. (--spread) the same sign-in flood, but each attempt for another email and from another
+   address (through a trusted proxy): no per-address or per-account limit applies, so
+   what is left is the bound on password hashing.
+4. (--rotate N) N made-up keys from N different addresses through a trusted proxy
    (VECTORSVC_TRUSTED_PROXIES=127.0.0.1, VECTORSVC_AUTH_LIMITER_MAX_KEYS=5000): the
    server's resident memory before and after.
 
-    PYTHONPATH=$PWD .venv/bin/python scripts/probe_floods.py [--rotate 20000]
+    PYTHONPATH=$PWD .venv/bin/python scripts/probe_floods.py [--spread] [--rotate 20000]
 
 Run it against older code with that code first on PYTHONPATH (the service subprocess
 inherits it). Prints a table and writes scripts/results/probe_floods.json.
@@ -56,7 +59,9 @@ def client_of(url: str) -> httpx.Client:
     return client
 
 
-def sign_in_flood(url: str, key: str, total: int, concurrency: int) -> dict[str, Any]:
+def sign_in_flood(
+    url: str, key: str, total: int, concurrency: int, *, spread: bool = False
+) -> dict[str, Any]:
     done = threading.Event()
     health_ms: list[float] = []
     api_ms: list[float] = []
@@ -73,9 +78,13 @@ def sign_in_flood(url: str, key: str, total: int, concurrency: int) -> dict[str,
                 api_ms.append((time.perf_counter() - started) * 1000)
                 time.sleep(0.05)
 
-    def one(_: int) -> str:
-        body = {"email": EMAIL, "password": "not the password"}
-        return outcome(client_of(url).post("/api/auth/sign-in", json=body))
+    def one(i: int) -> str:
+        if spread:
+            body = {"email": f"user{i}@example.com", "password": "not the password"}
+            headers = {"X-Forwarded-For": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"}
+        else:
+            body, headers = {"email": EMAIL, "password": "not the password"}, {}
+        return outcome(client_of(url).post("/api/auth/sign-in", json=body, headers=headers))
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -125,6 +134,7 @@ def main() -> None:
     parser.add_argument("--sign-ins", type=int, default=200)
     parser.add_argument("--keys", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--spread", action="store_true")
     parser.add_argument("--rotate", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("scripts/results/probe_floods.json"))
     args = parser.parse_args()
@@ -145,15 +155,17 @@ def main() -> None:
             running.url, running.key, args.sign_ins, args.concurrency
         )
         results["made_up_keys"] = made_up_keys(running.url, args.keys, args.concurrency)
-    if args.rotate:
-        env = {
-            "VECTORSVC_TRUSTED_PROXIES": "127.0.0.1",
-            "VECTORSVC_AUTH_LIMITER_MAX_KEYS": "5000",
-        }
+    env = {"VECTORSVC_TRUSTED_PROXIES": "127.0.0.1", "VECTORSVC_AUTH_LIMITER_MAX_KEYS": "5000"}
+    if args.spread or args.rotate:
         with serve(bench, env, log_path=args.data_dir / "service.log") as running:
-            results["rotating_addresses"] = rotating_addresses(
-                running.url, running.process.pid, args.rotate
-            )
+            if args.spread:
+                results["spread_sign_in_flood"] = sign_in_flood(
+                    running.url, running.key, args.sign_ins, args.concurrency, spread=True
+                )
+            if args.rotate:
+                results["rotating_addresses"] = rotating_addresses(
+                    running.url, running.process.pid, args.rotate
+                )
     rows = [
         (f"{probe}: {name}", str(value))
         for probe, r in results.items()
