@@ -12,11 +12,13 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import APIRouter, FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from vectorsvc import __version__
 from vectorsvc.accounts.endpoints import router as accounts_router
 from vectorsvc.accounts.service import SessionAccessTokens
 from vectorsvc.auth.keys import ApiKeyCache
+from vectorsvc.auth.throttle import AuthThrottle
 from vectorsvc.billing.endpoints import router as billing_router
 from vectorsvc.billing.funds import Funds
 from vectorsvc.billing.service import opening_micro_credits
@@ -86,6 +88,7 @@ def build_state(
             flush_interval_s=settings.charge_flush_ms / 1000.0,
         ),
         api_keys=ApiKeyCache(ttl_s=settings.api_key_cache_s),
+        auth_throttle=AuthThrottle(settings),
     )
 
 
@@ -186,6 +189,7 @@ def create_app(
             await state.funds.aclose()
             await state.embeddings.aclose()
             await anyio.to_thread.run_sync(state.store.close)
+            state.auth_throttle.close()
             state.db.close()
             gc.unfreeze()  # what this app made may be collected again once it is gone
 
@@ -204,6 +208,10 @@ def create_app(
         exempt_prefixes=("/api/media/uploads/",),
     )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    if settings.trusted_proxy_list:
+        # Outermost: every part below sees the client a trusted proxy names. `vectorsvc
+        # serve` turns uvicorn's own copy off, so only this setting decides.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     for router in (
         health_router,
         runs_router,

@@ -102,6 +102,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_config=None,  # keep our JSON logging
         access_log=False,  # the observability middleware logs each request with its id
+        # X-Forwarded-For is honoured only from VECTORSVC_TRUSTED_PROXIES (see create_app);
+        # uvicorn's default would trust any loopback peer's.
+        proxy_headers=False,
     )
     return 0
 

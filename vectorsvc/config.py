@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from decimal import Decimal
 from functools import cached_property
@@ -110,6 +111,30 @@ class Settings(BaseSettings):
     # Per-credential token bucket (0 disables): sustained requests per minute, and burst.
     rate_limit_per_minute: int = Field(default=1200, ge=0)
     rate_limit_burst: int = Field(default=200, ge=1)
+    # Floods (docs/deployment.md, "Floods"). Client addresses: the peer, or the address in
+    # X-Forwarded-For where the peer is one of these proxies (comma-separated IPs or CIDRs;
+    # empty: trust none, so X-Forwarded-For cannot be spoofed).
+    trusted_proxies: str = ""
+    # Requests without valid credentials (401) per client address: a token bucket (0
+    # disables); past it they answer 429. Valid credentials are never refused by it.
+    auth_failures_per_minute: int = Field(default=60, ge=0)
+    auth_failures_burst: int = Field(default=30, ge=1)
+    # Sign-in and refresh attempts per client address (and refreshes per user).
+    sign_in_per_minute: int = Field(default=30, ge=0)
+    sign_in_burst: int = Field(default=20, ge=1)
+    # Failed sign-ins for one email from one address, and from all addresses, after which
+    # that email's sign-ins are refused (from there, or from everywhere) for
+    # sign_in_lockout_s (0 disables a level).
+    sign_in_lockout_failures: int = Field(default=5, ge=0)
+    sign_in_account_lockout_failures: int = Field(default=20, ge=0)
+    sign_in_lockout_s: float = Field(default=60.0, gt=0, le=3600)
+    # Password hashes (argon2) running at once (0: half the CPUs, 1 to 4), and how many
+    # more may wait; a sign-in beyond that answers 429 sign_in_busy at once.
+    password_hash_workers: int = Field(default=0, ge=0, le=64)
+    password_hash_queue: int = Field(default=8, ge=0, le=1024)
+    # Keys each of these limiters remembers (least recently used forgotten first).
+    auth_limiter_max_keys: int = Field(default=100_000, ge=1)
+
     # /metrics answers loopback clients; others must send this token as X-Metrics-Token.
     metrics_token: str | None = None
 
@@ -205,6 +230,21 @@ class Settings(BaseSettings):
             raise ValueError("VECTORSVC_QDRANT_URL must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        for entry in (e.strip() for e in value.split(",")):
+            if not entry:
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"VECTORSVC_TRUSTED_PROXIES: {entry!r} is not an IP address or network "
+                    "(expected e.g. 10.0.0.5,172.16.0.0/12)"
+                ) from None
+        return value
+
     @model_validator(mode="after")
     def _api_key_needs_tls(self) -> Settings:
         # Refuse to send a Qdrant API key in clear text to a non-local host.
@@ -233,6 +273,10 @@ class Settings(BaseSettings):
     @property
     def media_dir(self) -> Path:
         return self.data_dir / "media"
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [e.strip() for e in self.trusted_proxies.split(",") if e.strip()]
 
     @property
     def preload_model_slugs(self) -> list[str]:

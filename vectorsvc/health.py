@@ -38,7 +38,11 @@ def metrics(request: Request, state: StateDep) -> Response:
     token = state.settings.metrics_token
     client = request.client.host if request.client else ""
     presented = request.headers.get("x-metrics-token")
-    allowed = client in ("127.0.0.1", "::1", "localhost") or (
+    # A request a proxy forwarded is not a loopback client, even from a proxy on this host
+    # (X-Forwarded-For is honoured only from VECTORSVC_TRUSTED_PROXIES).
+    forwarded = "x-forwarded-for" in request.headers or "forwarded" in request.headers
+    loopback = client in ("127.0.0.1", "::1", "localhost") and not forwarded
+    allowed = loopback or (
         token is not None and presented is not None and hmac.compare_digest(presented, token)
     )
     if not allowed:

@@ -1,4 +1,8 @@
-"""Request limits: body size (413) and a per-credential token-bucket rate limit (429)."""
+"""Request limits: body size (413), token-bucket rate limits (429) and short lockouts.
+
+Every keyed limiter here holds at most `max_keys` keys and forgets the least recently used
+one first, so an attacker rotating addresses or usernames cannot grow memory without bound.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,36 +30,120 @@ class _Bucket:
 
 
 class RateLimiter:
-    """Token bucket per key: `per_minute` sustained, `burst` at once. Thread-safe."""
+    """Token bucket per key: `per_minute` sustained, `burst` at once. Thread-safe.
 
-    def __init__(self, per_minute: int, burst: int, *, max_keys: int = 100_000) -> None:
+    `what` names the key in the 429 message ("credential", "client address", ...) and
+    `setting` the environment variable that changes the rate.
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        burst: int,
+        *,
+        max_keys: int = 100_000,
+        what: str = "credential",
+        setting: str = "VECTORSVC_RATE_LIMIT_PER_MINUTE",
+    ) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
-        self._buckets: dict[str, _Bucket] = {}
+        self.what = what
+        self.setting = setting
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
         self._max_keys = max_keys
 
-    def check(self, key: str) -> None:
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str) -> int | None:
+        """Spend one token of `key`'s bucket: None when there was one, else the seconds
+        until there is (for Retry-After)."""
         if self.rate <= 0:
-            return
+            return None
         now = time.monotonic()
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
-                if len(self._buckets) >= self._max_keys:
-                    self._buckets.clear()  # bounded memory; a reset only grants a fresh burst
+                # Forgetting the least recently used key only grants it a fresh burst.
+                while len(self._buckets) >= self._max_keys:
+                    self._buckets.popitem(last=False)
                 bucket = self._buckets[key] = _Bucket(tokens=self.burst, updated=now)
+            else:
+                self._buckets.move_to_end(key)
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
+                return None
+            return max(1, math.ceil((1.0 - bucket.tokens) / self.rate))
+
+    def check(self, key: str) -> None:
+        """`take`, raising 429 `rate_limited` with Retry-After when the bucket is empty."""
+        retry_after = self.take(key)
+        if retry_after is not None:
+            raise RateLimited(
+                f"rate limit exceeded: at most {round(self.rate * 60)} requests per minute "
+                f"per {self.what} (bursts of {int(self.burst)}, {self.setting}); retry after "
+                f"{retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+            )
+
+
+class Lockout:
+    """`failures` failures of a key without a success between them lock it for `lock_s`.
+
+    Thread-safe and bounded like `RateLimiter`; a lock ends on its own, so the worst it
+    can do is refuse a key for `lock_s` after the last failure that completed it.
+    """
+
+    def __init__(self, failures: int, lock_s: float, *, max_keys: int = 100_000) -> None:
+        self.failures = failures
+        self.lock_s = lock_s
+        self._entries: OrderedDict[str, tuple[int, float]] = OrderedDict()  # count, until
+        self._lock = threading.Lock()
+        self._max_keys = max_keys
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def locked_for(self, key: str) -> int | None:
+        """Whole seconds `key` stays locked, or None when it is not."""
+        if self.failures <= 0:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None:
+            return None
+        remaining = entry[1] - time.monotonic()
+        return max(1, math.ceil(remaining)) if remaining > 0 else None
+
+    def fail(self, key: str) -> None:
+        if self.failures <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            count, until = self._entries.pop(key, (0, 0.0))
+            if until > now:  # a failure that raced the lock does not extend it
+                self._entries[key] = (count, until)
                 return
-            retry_after = max(1, math.ceil((1.0 - bucket.tokens) / self.rate))
-        raise RateLimited(
-            f"rate limit exceeded: at most {round(self.rate * 60)} requests per minute per "
-            f"credential (bursts of {int(self.burst)}); retry after {retry_after} s",
-            headers={"Retry-After": str(retry_after)},
-        )
+            count += 1
+            if count >= self.failures:
+                count, until = 0, now + self.lock_s
+            while len(self._entries) >= self._max_keys:
+                self._entries.popitem(last=False)
+            self._entries[key] = (count, until)
+
+    def succeed(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def forgive(self, key: str) -> None:
+        """Take back one failure counted ahead of its outcome (a lock stays)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] > 0:
+                self._entries[key] = (entry[0] - 1, entry[1])
 
 
 class BodySizeLimitMiddleware:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from vectorsvc.auth.keys import ApiKeyCache
+from vectorsvc.auth.throttle import AuthThrottle
 from vectorsvc.auth.tokens import AccessTokenVerifier
 from vectorsvc.billing.funds import Funds
 from vectorsvc.collections import CollectionManager
@@ -37,6 +38,7 @@ class AppState:
     write_locks: WorkspaceLocks
     funds: Funds
     api_keys: ApiKeyCache
+    auth_throttle: AuthThrottle
 
 
 def get_state(request: Request) -> AppState:

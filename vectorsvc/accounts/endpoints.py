@@ -1,19 +1,23 @@
 """`/api/auth/*`: sign in, refresh, sign out, who am I. Parse, call the service, return.
 
-The handlers are plain `def`: argon2 and the database are blocking, so FastAPI runs them
-in its worker threads.
+Sign-in and refresh pass `AuthThrottle` first (per address and per account, in memory,
+on the event loop); a sign-in then runs on the throttle's own bounded password-hashing
+threads, a refresh on FastAPI's worker threads. The other handlers are plain `def`.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Response, status
+import anyio
+from fastapi import APIRouter, Depends, Header, Request, Response, status
 
 from vectorsvc.accounts import service
 from vectorsvc.accounts.schemas import Me, Refresh, SignIn, TokenPair, UserPublic, WorkspacePublic
 from vectorsvc.auth.dependencies import Caller, CurrentCaller
+from vectorsvc.auth.throttle import client_address
 from vectorsvc.errors import ERROR_RESPONSES, Forbidden
 from vectorsvc.json_body import JSONRoute
 from vectorsvc.state import StateDep
@@ -58,24 +62,38 @@ def _token_pair(issued: service.IssuedTokens, response: Response) -> TokenPair:
 
 
 @router.post("/sign-in", response_model=TokenPair, summary="Sign in with email and password")
-def sign_in(body: SignIn, state: StateDep, response: Response) -> TokenPair:
-    with state.db.session() as session:
-        issued = service.sign_in(
-            session,
-            email=body.email,
-            password=body.password,
-            workspace=body.workspace,
-            lifetimes=service.TokenLifetimes.from_settings(state.settings),
-        )
+async def sign_in(body: SignIn, request: Request, state: StateDep, response: Response) -> TokenPair:
+    def check_password() -> service.IssuedTokens:
+        with state.db.session() as session:
+            return service.sign_in(
+                session,
+                email=body.email,
+                password=body.password,
+                workspace=body.workspace,
+                lifetimes=service.TokenLifetimes.from_settings(state.settings),
+            )
+
+    issued = await state.auth_throttle.sign_in(
+        address=client_address(request),
+        email=service.normalize_email(body.email),
+        check=check_password,
+    )
     return _token_pair(issued, response)
 
 
 @router.post("/refresh", response_model=TokenPair, summary="Trade a refresh token for new tokens")
-def refresh(body: Refresh, state: StateDep, response: Response) -> TokenPair:
-    issued = service.refresh_session(
-        state.db,
-        refresh_token=body.refresh_token,
-        lifetimes=service.TokenLifetimes.from_settings(state.settings),
+async def refresh(
+    body: Refresh, request: Request, state: StateDep, response: Response
+) -> TokenPair:
+    state.auth_throttle.admit_refresh(client_address(request))
+    issued = await anyio.to_thread.run_sync(
+        functools.partial(
+            service.refresh_session,
+            state.db,
+            refresh_token=body.refresh_token,
+            lifetimes=service.TokenLifetimes.from_settings(state.settings),
+            admit_user=state.auth_throttle.admit_refresh_of,
+        )
     )
     return _token_pair(issued, response)
 

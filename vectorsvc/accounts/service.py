@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -255,12 +256,15 @@ def refresh_session(
     refresh_token: str,
     lifetimes: TokenLifetimes,
     now: datetime | None = None,
+    admit_user: Callable[[str], None] | None = None,
 ) -> IssuedTokens:
     """Trade a live refresh token for a new pair; the old pair stops working.
 
     Presenting a refresh token that was already traded means two parties hold it (one
     stole it), so the whole session is revoked. Takes the `Database` because that
-    revocation must be committed even though the call then fails.
+    revocation must be committed even though the call then fails. `admit_user` (a
+    per-user rate limit) may refuse a live token before it is rotated, so that it stays
+    usable.
     """
     now = now or utcnow()
     invalid = Unauthenticated(
@@ -274,6 +278,8 @@ def refresh_session(
         )
         if row is None or row.revoked_at is not None or _aware(row.refresh_expires_at) <= now:
             raise invalid
+        if admit_user is not None and row.rotated_at is None:
+            admit_user(row.user_id)
         # Compare-and-set, so two concurrent refreshes cannot both succeed.
         claimed = cast(
             CursorResult[Any],

@@ -13,6 +13,7 @@ import anyio
 from fastapi import Depends, Header, Request
 
 from vectorsvc.auth.keys import VerifiedKey, looks_like_api_key, verify_api_key
+from vectorsvc.auth.throttle import client_address
 from vectorsvc.db.models import Workspace
 from vectorsvc.errors import Unauthenticated
 from vectorsvc.state import AppState, get_state
@@ -34,11 +35,18 @@ async def authenticate(
     """Who is calling, then the per-credential rate limit (429 with Retry-After).
 
     A key verified lately answers from memory (`ApiKeyCache`); anything else reads the
-    database on a worker thread."""
+    database on a worker thread. A 401 counts against the client's address, and becomes
+    429 once the address has spent its budget (`vectorsvc.auth.throttle`)."""
     state = get_state(request)
     caller = _cached_key_caller(state, x_api_key) if authorization is None else None
     if caller is None:
-        caller = await anyio.to_thread.run_sync(identify_caller, request, x_api_key, authorization)
+        try:
+            caller = await anyio.to_thread.run_sync(
+                identify_caller, request, x_api_key, authorization
+            )
+        except Unauthenticated:
+            state.auth_throttle.auth_failed(client_address(request))
+            raise
     state.rate_limiter.check(f"{caller.via}:{caller.principal_id}")
     return caller
 
