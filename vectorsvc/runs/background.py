@@ -40,6 +40,7 @@ from vectorsvc.runs.content import (
     resolve_media,
 )
 from vectorsvc.runs.inputs import IndexItem
+from vectorsvc.runs.intents import ChunkProgress
 from vectorsvc.runs.schemas import (
     RunErrorPublic,
     RunProgress,
@@ -61,7 +62,6 @@ from vectorsvc.state import AppState
 logger = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
-MAX_REPORTED_ERRORS = 1000
 
 
 def _inputs_dir(state: AppState) -> Path:
@@ -118,22 +118,32 @@ class BackgroundRuns:
         self.state = state
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = anyio.CancelScope()
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the worker; runs left queued or running by a previous process resume."""
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="background-runs")
+        self._stopping = anyio.CancelScope()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run_until_stopped(self._stopping), name="background-runs"
+        )
         self._wake.set()
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # An anyio cancellation, not Task.cancel(): a chunk's write and charge are
+            # shielded from it (`write_and_charge`), so they finish before the worker ends.
+            self._stopping.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+    async def _run_until_stopped(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._loop()
 
     # -- API ---------------------------------------------------------------------------
 
@@ -412,22 +422,6 @@ class BackgroundRuns:
         done = len(points) + len(plan.already_written)
         failures.sort(key=lambda f: int(f["index"]))
 
-        cost = quote(model, "index", Usage(items=done))
-        write_started = time.perf_counter()
-
-        def _progress(session: Session) -> None:
-            # Runs in the charge's transaction: progress and debit commit together.
-            current = session.get(BackgroundRun, run.id)
-            assert current is not None
-            current.next_index = end
-            current.done += done
-            current.skipped += len(plan.skipped)
-            current.failed += len(failures)
-            current.errors = (list(current.errors) + failures)[:MAX_REPORTED_ERRORS]
-            current.embed_seconds += embed_seconds
-            current.write_seconds += time.perf_counter() - write_started
-            current.cost += cost
-
         await write_and_charge(
             state,
             model=model,
@@ -435,8 +429,19 @@ class BackgroundRuns:
             points=points,
             modality=modality_of(good_items) if good_items else "text",
             run_key=f"{run.id}:{start}",
+            writer=run.id,
             billable=done,
-            also=_progress,
+            written_before=[ns.point_id(good_items[i].id) for i in plan.already_written],
+            chunk=ChunkProgress(
+                run_id=run.id,
+                start=start,
+                end=end,
+                skipped=len(plan.skipped),
+                failures=failures,
+                embed_seconds=embed_seconds,
+                positions=[good_positions[i] for i in [*written, *plan.already_written]],
+                item_ids=[good_items[i].id for i in [*written, *plan.already_written]],
+            ),
         )
 
 
