@@ -9,9 +9,9 @@ An index write (a synchronous run, or one chunk of a background run) goes:
 
 So at any instant either no intent is left (nothing stored, or stored and charged), or an
 intent names the only points that can be stored unpaid. `reconcile` settles one: the points
-among its ids that carry its run are charged under the same key (exactly once: the usage
-record's run id is unique), the run's price at the model's price per item; none stored,
-the intent is dropped. A run cut by a crash was never acknowledged, but what it stored is
+among its ids that carry its run are charged under the same key, at the model's index price
+(exactly once: the usage record's run id is unique); none stored, the intent is dropped.
+A run cut by a crash was never acknowledged, but what it stored is
 kept and paid rather than deleted: deleting would also lose the previous, paid version of
 each item it replaced, and the client's retry finds the items stored and skips them.
 Only when the wallet can no longer cover them (another process spent the funds reserved for
@@ -139,7 +139,10 @@ def reconcile_pending(state: AppState) -> list[Reconciled]:
                 row.model,
             )
             continue
-        done.append(reconcile(state, intent))
+        try:
+            done.append(reconcile(state, intent))
+        except Exception:  # serve anyway; the intent stays for the next start
+            logger.exception("settling pending write %s failed; retried at the next start", row.key)
     if done:
         logger.warning(
             "reconciled %d interrupted index writes: %d stored items charged, %d removed",

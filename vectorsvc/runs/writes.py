@@ -110,8 +110,9 @@ def _upsert(
 ) -> int:
     """Record the intent, upsert, keep the catalog exact; how many points are new (blocking)."""
     ns = intent.ns
-    with state.db.session() as session:
-        intents.record(session, intent)
+    if intent.point_ids:  # no ids, nothing that could be stored unpaid
+        with state.db.session() as session:
+            intents.record(session, intent)
     if not points:
         return 0
     state.collections.ensure(model)
