@@ -110,9 +110,8 @@ def _upsert(
 ) -> int:
     """Record the intent, upsert, keep the catalog exact; how many points are new (blocking)."""
     ns = intent.ns
-    if intent.point_ids:  # no ids, nothing that could be stored unpaid
-        with state.db.session() as session:
-            intents.record(session, intent)
+    with state.db.session() as session:
+        intents.record(session, intent)
     if not points:
         return 0
     state.collections.ensure(model)
@@ -176,8 +175,10 @@ async def write_and_charge(
         with anyio.CancelScope(shield=True):
             started = time.perf_counter()
             try:
-                created = await anyio.to_thread.run_sync(
-                    partial(_upsert, state, model, intent, points)
+                created = (
+                    await anyio.to_thread.run_sync(partial(_upsert, state, model, intent, points))
+                    if intent.point_ids
+                    else 0
                 )
             except BaseException:
                 funds.release(reservation)
