@@ -1,7 +1,8 @@
-"""A stored point is always a paid point: a timeout or a shutdown during the write.
+"""A stored point is always a paid point: a timeout, a shutdown or a failed charge.
 
 The store is the real embedded engine, wrapped so that the upsert takes long enough for a
-run's `options.timeout_s` or the service's shutdown to land while it runs.
+run's `options.timeout_s` or the service's shutdown to land while it runs (or, for a
+failed charge, so that another process spends the funds while it runs).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from tests.runs.test_background import finished, submit, wait_for
 from vectorsvc import namespaces
+from vectorsvc.billing import service as billing
 from vectorsvc.db.models import UsageRecord
+from vectorsvc.models.pricing import Usage
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.vectorstore.base import PointRecord, VectorStore
 from vectorsvc.workspaces.service import find_workspace
@@ -154,3 +157,39 @@ async def test_a_background_chunk_cut_by_shutdown_is_charged(
         stored = stored_count(svc, workspace_id, "bg")
         assert stored == 4
         assert billed_items(svc, workspace_id) == stored == run["progress"]["done"]
+
+
+async def test_a_write_whose_charge_fails_is_removed_not_left_unpaid(
+    tmp_path: Path, models_dir: Path, embedder_loader: Callable[[ModelSpec], Embedder]
+) -> None:
+    settings = make_settings(tmp_path / "data", models_dir, default_workspace_credits=0)
+    async with running_service(settings, embedder_loader) as svc:
+        key = svc.new_key("acme")
+        workspace_id = workspace_of(svc, "acme")
+        billing.top_up(svc.db, workspace_id=workspace_id, micro_credits=5 * PRICE)
+        state = svc.app.state.vectorsvc
+        real_store = state.store
+
+        class SpentMeanwhile(SlowUpsert):
+            """After the write lands, another process spends part of the reserved funds."""
+
+            def upsert(self, collection: str, points: Sequence[PointRecord]) -> None:
+                super().upsert(collection, points)
+                billing.charge(
+                    svc.db,
+                    workspace_id=workspace_id,
+                    run_id="run_of_another_process",
+                    spec=state.registry.get(MODEL),
+                    mode="index",
+                    units=Usage(items=1),
+                )
+
+        state.store = SpentMeanwhile(real_store, time.monotonic)
+        r = await svc.run(key, index_body(texts(5), "docs"))
+        state.store = real_store
+        assert r.status_code == 402, r.text
+        # The charge could not be made: the write is undone, not left stored for free.
+        assert stored_count(svc, workspace_id, "docs") == 0
+        assert billed_items(svc, workspace_id) == 1  # the other process's item only
+        kbs = await svc.client.get("/api/knowledge-bases", headers={"X-API-Key": key})
+        assert kbs.json()["count"] == 0
