@@ -42,6 +42,7 @@ from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.observability import Metrics, ObservabilityMiddleware
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.endpoints import router as runs_router
+from vectorsvc.runs.intents import reconcile_pending
 from vectorsvc.runs.writes import WorkspaceLocks
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore import VectorStore, open_configured_store
@@ -138,6 +139,9 @@ def create_app(
         state = await anyio.to_thread.run_sync(build_state, settings, embedder_loader, metrics)
         app.state.vectorsvc = state
         app.state.background_runs = BackgroundRuns(state)
+        # Index writes a crash cut between their upsert and their charge: charged now,
+        # before any run (a background run's resume included) can see their points.
+        await anyio.to_thread.run_sync(reconcile_pending, state)
         await anyio.to_thread.run_sync(state.embeddings.preload, settings.preload_model_slugs)
         if settings.warm_store:
             started = time.perf_counter()

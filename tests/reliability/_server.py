@@ -61,7 +61,14 @@ def create_keys(data_dir: Path, *workspaces: str) -> dict[str, str]:
 class ServerProcess:
     """One `vectorsvc serve` process; `start` again after `kill` reopens the same data dir."""
 
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        self.command = command or [VECTORSVC]  # what runs `serve ...`
         self.data_dir = data_dir
         self.log_path = log_path
         self.port = free_port()
@@ -89,7 +96,7 @@ class ServerProcess:
         started = time.monotonic()
         self._log = open(self.log_path, "ab")  # closed by kill() or stop()
         self.process = subprocess.Popen(
-            [VECTORSVC, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [*self.command, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -256,3 +256,29 @@ class BackgroundRun(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PendingWrite(Base):
+    """A write-ahead intent: an index write whose charge is not yet recorded.
+
+    Inserted before the points are upserted and deleted in the charge's transaction, so a row
+    left here means the write was interrupted (a crash, a failed charge) and may have stored
+    points that nobody paid for. Start-up reconciles each row (`runs.intents`): only these
+    rows, never a scan of the collections.
+    """
+
+    __tablename__ = "pending_writes"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # the charge's run id
+    run_id: Mapped[str] = mapped_column(String(40))  # the writer the points carry (`_run`)
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    model: Mapped[str] = mapped_column(String(100))
+    collection: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str] = mapped_column(String(16))
+    point_ids: Mapped[list[str]] = mapped_column(JSON)
+    # A background chunk's progress, applied with its charge (None for a synchronous run).
+    chunk: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -44,6 +44,7 @@ from vectorsvc.runs.content import (
     resolve_media,
 )
 from vectorsvc.runs.inputs import IndexItem, MetadataLimits
+from vectorsvc.runs.intents import ChunkProgress
 from vectorsvc.runs.scheduling import FairQueue
 from vectorsvc.runs.schemas import (
     RunErrorPublic,
@@ -66,7 +67,6 @@ from vectorsvc.state import AppState
 logger = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
-MAX_REPORTED_ERRORS = 1000
 # Runs whose items stay in memory between their turns; beyond this many workspaces with work,
 # a run's file is read again at its turn (memory stays bounded by a few runs' items).
 MAX_OPEN_RUNS = 4
@@ -153,6 +153,7 @@ class BackgroundRuns:
         self.state = state
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = anyio.CancelScope()
         self._queue = FairQueue()
         self._held: dict[str, Reservation] = {}  # run id -> what is left of its funds
         self._open: OrderedDict[str, _OpenRun] = OrderedDict()  # least recently used first
@@ -181,12 +182,17 @@ class BackgroundRuns:
             )
             self._held[run_id] = self.state.funds.hold(workspace_id, cost)
             self._queue.add(workspace_id, run_id)
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="background-runs")
+        self._stopping = anyio.CancelScope()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run_until_stopped(self._stopping), name="background-runs"
+        )
         self._wake.set()
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # An anyio cancellation, not Task.cancel(): a chunk's write and charge are
+            # shielded from it (`write_and_charge`), so they finish before the worker ends.
+            self._stopping.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
@@ -391,6 +397,10 @@ class BackgroundRuns:
         return run
 
     # -- worker ------------------------------------------------------------------------
+
+    async def _run_until_stopped(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._loop()
 
     async def _loop(self) -> None:
         while True:
@@ -613,21 +623,6 @@ class BackgroundRuns:
         failures.sort(key=lambda f: int(f["index"]))
 
         cost = quote(model, "index", Usage(items=done))
-        write_started = time.perf_counter()
-
-        def _progress(session: Session) -> None:
-            # Runs in the charge's transaction: progress and debit commit together.
-            current = session.get(BackgroundRun, run.id)
-            assert current is not None
-            current.next_index = end
-            current.done += done
-            current.skipped += len(plan.skipped)
-            current.failed += len(failures)
-            current.errors = (list(current.errors) + failures)[:MAX_REPORTED_ERRORS]
-            current.embed_seconds += embed_seconds
-            current.write_seconds += time.perf_counter() - write_started
-            current.cost += cost
-
         drawn = await state.funds.draw(reservation, cost)
         try:
             await write_and_charge(
@@ -638,7 +633,18 @@ class BackgroundRuns:
                 modality=modality_of(good_items) if good_items else "text",
                 run_key=f"{run.id}:{start}",
                 billable=done,
-                also=_progress,
+                writer=run.id,
+                written_before=[ns.point_id(good_items[i].id) for i in plan.already_written],
+                chunk=ChunkProgress(
+                    run_id=run.id,
+                    start=start,
+                    end=end,
+                    skipped=len(plan.skipped),
+                    failures=failures,
+                    embed_seconds=embed_seconds,
+                    positions=[good_positions[i] for i in [*written, *plan.already_written]],
+                    item_ids=[good_items[i].id for i in [*written, *plan.already_written]],
+                ),
                 reserved=drawn,
             )
         finally:

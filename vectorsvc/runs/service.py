@@ -351,6 +351,7 @@ async def _index(ctx: RunContext) -> Output:
         points=points,
         modality=modality_of(items),
         run_key=ctx.run_id,
+        writer=ctx.run_id,
         billable=len(points),
     )
     return (

@@ -5,12 +5,18 @@
 - Charging: the funds are reserved (`billing.funds`), then the upsert and the charge run,
   all under a per-workspace lock: no other run can spend the balance between the check and
   the debit, so a write is never left unpaid and a wallet never goes negative.
+- Paid exactly once: the upsert and the charge are shielded from cancellation (a run's
+  `options.timeout_s`, a shutdown): once the upsert starts, both finish. A write-ahead
+  intent recorded before the upsert and deleted with the charge covers what no shield can,
+  a crash or a failed charge: `intents.reconcile` charges what such a write stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -26,11 +32,15 @@ from vectorsvc.knowledge_bases import catalog
 from vectorsvc.models.pricing import Usage
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.namespaces import Namespace
+from vectorsvc.runs import intents
+from vectorsvc.runs.intents import ChunkProgress, WriteIntent
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import HasIds, PointRecord
 
 CONTENT_HASH_FIELD = namespaces.CONTENT_HASH_FIELD
 RUN_FIELD = namespaces.RUN_FIELD
+
+logger = logging.getLogger(__name__)
 
 
 class WorkspaceLocks:
@@ -96,9 +106,14 @@ def charge_run(
 
 
 def _upsert(
-    state: AppState, model: ModelSpec, ns: Namespace, points: list[PointRecord], modality: str
+    state: AppState, model: ModelSpec, intent: WriteIntent, points: list[PointRecord]
 ) -> int:
-    """Upsert and keep the catalog exact; returns how many points are new (blocking)."""
+    """Record the intent, upsert, keep the catalog exact; how many points are new (blocking)."""
+    ns = intent.ns
+    with state.db.session() as session:
+        intents.record(session, intent)
+    if not points:
+        return 0
     state.collections.ensure(model)
     existing = state.store.count(
         ns.collection, filter=ns.tenant_filter.and_(HasIds(tuple(p.id for p in points)))
@@ -109,7 +124,7 @@ def _upsert(
     catalog.record_write(
         state.db,
         ns=ns,
-        modality=modality,
+        modality=intent.modality,
         point_count=total,
         written=created,
         written_payload_bytes=sum(len(json.dumps(p.payload)) for p in points[:created]),
@@ -131,47 +146,92 @@ async def write_and_charge(
     points: list[PointRecord],
     modality: str,
     run_key: str,
+    writer: str,
     billable: int,
-    also: Callable[[Session], None] | None = None,
+    written_before: Sequence[str] = (),
+    chunk: ChunkProgress | None = None,
     reserved: Reservation | None = None,
 ) -> WriteResult:
     """Check funds, upsert `points`, charge `billable` items: atomic per workspace.
 
-    `billable` may exceed len(points) when a resumed run found its own earlier write already
-    stored (written, not yet charged). `reserved`: the charge's funds, already set aside
-    (a background chunk's share of its run's reservation); else they are reserved here.
+    `writer` is the run id the points carry; `run_key` keys the charge (the run id, or a
+    background chunk's `<run id>:<start>`). `written_before` are the ids of points this run
+    stored earlier and was not charged for (a resumed background run): `billable` counts
+    them too. A background chunk's progress commits with the charge. `reserved`: the
+    charge's funds, already set aside (a background chunk's share of its run's
+    reservation); else they are reserved here.
     """
     usage = Usage(items=billable)
     funds = state.funds
+    intent = WriteIntent(
+        key=run_key,
+        writer=writer,
+        ns=ns,
+        modality=modality,
+        point_ids=[p.id for p in points] + list(written_before),
+        chunk=chunk,
+    )
     async with state.write_locks.get(ns.workspace_id):
         reservation = (
             reserved
             if reserved is not None
             else await funds.reserve(ns.workspace_id, quote(model, "index", usage))
         )
-        created = 0
-        try:
-            if points:
-                created = await anyio.to_thread.run_sync(
-                    partial(_upsert, state, model, ns, points, modality)
+        # From here the write and its charge finish together: a timeout or a shutdown that
+        # cancels the run takes effect after them.
+        with anyio.CancelScope(shield=True):
+            started = time.perf_counter()
+            try:
+                created = (
+                    await anyio.to_thread.run_sync(partial(_upsert, state, model, intent, points))
+                    if intent.point_ids
+                    else 0
                 )
-        except BaseException:
-            funds.release(reservation)
-            raise
-        cost = await funds.commit(
-            reservation,
-            partial(
-                charge_run,
-                state,
-                workspace_id=ns.workspace_id,
-                run_key=run_key,
-                model=model,
-                mode="index",
-                usage=usage,
-                also=also,
-            ),
-        )
+            except BaseException:
+                funds.release(reservation)
+                await _settle_failed(state, intent)
+                raise
+
+            def _settle(session: Session) -> None:
+                intents.settle(session, run_key)
+                if chunk is not None:
+                    intents.apply_chunk(
+                        session,
+                        chunk,
+                        done=billable,
+                        cost=quote(model, "index", usage),
+                        write_seconds=time.perf_counter() - started,
+                    )
+
+            try:
+                cost = await funds.commit(
+                    reservation,
+                    partial(
+                        charge_run,
+                        state,
+                        workspace_id=ns.workspace_id,
+                        run_key=run_key,
+                        model=model,
+                        mode="index",
+                        usage=usage,
+                        also=_settle,
+                    ),
+                )
+            except BaseException:
+                await _settle_failed(state, intent)
+                raise
     return WriteResult(created=created, cost=cost)
+
+
+async def _settle_failed(state: AppState, intent: WriteIntent) -> None:
+    """The write or its charge failed: charge what it stored anyway, or remove it (see
+    `intents.reconcile`). If that fails too, the intent waits for the next start."""
+    try:
+        await state.funds.commit(
+            Reservation(intent.ns.workspace_id, 0), partial(intents.reconcile, state, intent)
+        )
+    except Exception:
+        logger.exception("settling the interrupted write %s failed; retried at start", intent.key)
 
 
 def point_payload(
