@@ -141,3 +141,48 @@ async def test_media_in_use_is_refused_until_its_items_are_deleted(
         blob(service, theirs["sha256"])
     ]
     assert await delete(service, other, theirs["media_ref"]) == 409
+
+
+async def test_media_deleted_while_a_run_embeds_it_is_not_stored(
+    service: Service,
+    uploader: Uploader,
+    api_key: str,
+    chelsea: Image.Image,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race: a run resolves its media, and a DELETE goes through before the run writes.
+    The write re-checks its media under the workspace's write lock (which DELETE holds too),
+    so the run answers 404 and stores nothing, rather than a point whose media is gone."""
+    import anyio
+
+    ref = (await uploader.upload(encode(chelsea, "PNG"), "image/png"))["media_ref"]
+    embeddings = service.app.state.vectorsvc.embeddings
+    real_embed = embeddings.embed
+    embedding, resume = anyio.Event(), anyio.Event()
+
+    async def embed_after_delete(*args: object, **kwargs: object) -> object:
+        embedding.set()
+        await resume.wait()
+        return await real_embed(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(embeddings, "embed", embed_after_delete)
+    item = {"id": "cat", "image": {"media_ref": ref}}
+    body = {"model": IMAGE_MODEL, "mode": "index", "scope": "photos", "input": {"items": [item]}}
+    answers: list[object] = []
+
+    async def index() -> None:
+        answers.append(await service.run(api_key, body))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(index)
+        await embedding.wait()
+        assert await delete(service, uploader, ref) == 204  # no point uses it yet
+        resume.set()
+    (r,) = answers
+    assert r.status_code == 404, r.text  # type: ignore[attr-defined]
+    assert r.json()["error"]["code"] == "media_not_found"  # type: ignore[attr-defined]
+    listing = await service.client.get(
+        f"/api/knowledge-bases/{IMAGE_MODEL}/photos/items", headers=uploader.headers
+    )
+    assert listing.status_code in (200, 404)
+    assert listing.status_code == 404 or listing.json()["data"] == [], listing.text

@@ -570,6 +570,25 @@ class MediaService:
             field=field,
         )
 
+    def require_present(self, *, workspace_id: str, media_refs: Sequence[str]) -> None:
+        """`404 media_not_found` if any of `media_refs` is no longer the workspace's (deleted
+        after a run resolved it). Index writes call it under the workspace's write lock,
+        which `DELETE /api/media/{ref}` holds too, so a write never stores a dangling ref."""
+        wanted = set(media_refs)
+        if not wanted:
+            return
+        with self.db.session() as session:
+            present = set(
+                session.scalars(
+                    select(Media.media_ref).where(
+                        Media.workspace_id == workspace_id, Media.media_ref.in_(wanted)
+                    )
+                )
+            )
+        missing = sorted(wanted - present)
+        if missing:
+            raise _media_not_found(missing[0], "media_ref")
+
     def load_image(
         self, media: MediaObject, *, min_side: int | None = None, max_aspect: int | None = None
     ) -> Image.Image:

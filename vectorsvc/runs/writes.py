@@ -110,6 +110,12 @@ def _upsert(
 ) -> int:
     """Record the intent, upsert, keep the catalog exact; how many points are new (blocking)."""
     ns = intent.ns
+    state.media.require_present(
+        workspace_id=ns.workspace_id,
+        media_refs=[
+            ref for p in points if isinstance(ref := p.payload.get(namespaces.MEDIA_REF_FIELD), str)
+        ],
+    )
     with state.db.session() as session:
         intents.record(session, intent)
     if not points:
