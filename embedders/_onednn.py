@@ -1,8 +1,8 @@
 """fp32 `nn.Linear` on CPU through oneDNN instead of torch's default BLAS (MKL on x86 wheels).
 
 On AMD CPUs MKL takes its AVX2 path; oneDNN uses AVX-512, and on the Zen 5 machines this
-project runs on its GEMMs are about twice as fast at the shapes MiniLM and CLIP use (measured:
-one MiniLM query 10.2 -> 7.8 ms on one thread, batch-16 throughput 104 -> 203 queries/s).
+project runs on its GEMMs are about twice as fast at the shapes MiniLM and CLIP use
+(measured: docs/performance.md).
 
 `use_onednn_linear(model, probe)` switches every plain `nn.Linear` of a model to
 `OneDnnLinear`, in place: the same module objects and Parameters, so state_dict, hooks and
@@ -10,8 +10,8 @@ memory are unchanged and no weight is copied. The switch is checked once on a re
 mismatch puts the modules back. Inference only: `OneDnnLinear` hands anything the op does not
 cover (autograd, other dtypes or devices) to `F.linear`.
 
-The weights are not prepacked (`mkldnn._reorder_linear_weight`): that saves another ~1.8 ms
-per MiniLM query but keeps a second copy of every weight (+43 MB for MiniLM, +493 MB for CLIP).
+The weights are not prepacked (`mkldnn._reorder_linear_weight`): that saves a little more
+per query but keeps a second copy of every weight (docs/performance.md).
 """
 
 from __future__ import annotations

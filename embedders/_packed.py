@@ -8,8 +8,7 @@ position ids restarting at each text and an attention mask that keeps each text 
 pooling then averages each text's own span. Same model, same weights; the vectors equal
 sentence-transformers' own to cosine >= 0.99999 (checked at load, and in the tests).
 
-Measured on this project's 2-core CPU (MiniLM, oneDNN, one math thread per worker): one
-query 8.5 -> 7.2 ms, two workers at batch 8 351 -> 501 queries/s.
+Measured on this project's 2-core CPU: docs/performance.md.
 
 Only for the shape it knows: [Transformer on a BERT model with absolute positions, mean
 Pooling, optional Normalize], right padding, no prompts. Anything else is reported by

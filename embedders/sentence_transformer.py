@@ -15,7 +15,7 @@ whose optimum pins an older transformers).
 
 With the torch backend on CPU, `onednn=True` (the default) runs the model's Linear layers
 through oneDNN rather than MKL (see `embedders._onednn`): same vectors (cosine >= 0.99999),
-about 1.3x faster single queries and 1.9x the batch throughput on the AMD machines measured.
+faster single queries and batches on the AMD machines measured (docs/performance.md).
 `describe()["linear_kernels"]` says which kernels are in use.
 
 One embedder may be called from several threads at once: the model runs under
@@ -266,7 +266,7 @@ class _OnnxEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.inter_op_num_threads = 1
         # Idle threads sleep instead of spinning: spinning starves the service's own threads
-        # (and neighbours) and made single queries 3x slower on 2 busy cores (measured).
+        # (and neighbours) and made single queries slower on 2 busy cores (docs/performance.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

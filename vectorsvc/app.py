@@ -157,8 +157,8 @@ def create_app(
                 )
         # What start-up made (models, registry, routes: about half a million objects) lives
         # as long as the app: out of the collector's reach, a full collection no longer walks
-        # it (0.28 s each; 8% less CPU per search at 1,600 searches/s). No collect() first:
-        # start-up leaves about a hundred unreachable objects, and it would cost 0.3 s.
+        # it (docs/performance.md). No collect() first: start-up leaves about a hundred
+        # unreachable objects, not worth a full collection.
         gc.freeze()
         logger.info("vectorsvc ready: store=%s", state.store.backend_name)
         await app.state.background_runs.start()
@@ -234,7 +234,7 @@ def create_app(
 def _add_routes(app: FastAPI, router: APIRouter) -> None:
     """The router's routes, added to the app's own list rather than through
     `include_router`: FastAPI 0.16x resolves an included router's routes anew on each
-    request (it walks every router's routes to see whether they changed), which took 12% of
-    a search's event-loop time. The routers carry their prefixes, tags and the error
-    responses themselves, so the routes and the OpenAPI document are the same."""
+    request (it walks every router's routes to see whether they changed), a good share of
+    a search's event-loop time (docs/performance.md). The routers carry their prefixes, tags
+    and the error responses themselves, so the routes and the OpenAPI document are the same."""
     app.router.routes.extend(router.routes)

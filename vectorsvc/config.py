@@ -67,29 +67,29 @@ class Settings(BaseSettings):
     # seen concurrent requests; a lone client never waits).
     batch_wait_ms: float = Field(default=1.0, ge=0, le=50)
     # Model calls side by side: worker threads per model and math threads per worker. 0 is
-    # automatic: one single-threaded worker per CPU (at most 4). See README, "Performance".
+    # automatic: one worker with a math thread per CPU (`embedding.model_parallelism`).
     model_workers: int = Field(default=0, ge=0, le=64)
     model_threads: int = Field(default=0, ge=0, le=256)
     # Text models on sentence-transformers: "torch", or "onnx" (ONNX Runtime: same vectors,
-    # faster on CPU; needs `pip install onnxruntime onnx`). See README, "Performance".
+    # faster on CPU; needs `pip install onnxruntime onnx`). See docs/performance.md.
     text_backend: Literal["torch", "onnx"] = "torch"
     # Run torch models' Linear layers through oneDNN on CPU (same vectors, cosine >= 0.99999;
-    # on AMD CPUs about twice MKL's speed). Checked at load; false keeps torch's default.
+    # faster than MKL on AMD CPUs: docs/performance.md). Checked at load; false keeps torch's.
     onednn: bool = True
     # Vector precision in the embedded store, for collections created from now on: float16
-    # halves vector memory (1M 384-d points: 0.77 GB, not 1.5), cosine to float32 >= 0.99999.
+    # halves vector memory (docs/performance.md), cosine to float32 >= 0.99999.
     vector_datatype: Literal["float32", "float16"] = "float16"
     # Query charges (search, execute) are written in batches after the response, this often;
-    # their funds are reserved in memory first. See README, "Billing". Each write is Python
-    # work that competes with model calls: every 20 ms cost a lone client's search 1.8 ms.
+    # their funds are reserved in memory first (docs/architecture.md, "Billing and funds").
+    # Each write is Python work that competes with model calls (docs/performance.md).
     charge_flush_ms: float = Field(default=1000.0, ge=0, le=60_000)
     # How long a verified API key is remembered in memory: `vectorsvc keys revoke` (another
     # process) takes effect within this. 0 checks the database on every request.
     api_key_cache_s: float = Field(default=5.0, ge=0, le=3600)
     # Read the embedded store's files into the page cache at start-up, and again every
     # warm_store_interval_s while serving (0: at start-up only), so that searches do not wait
-    # on the disk (Edge holds the GIL through a page fault). About 0.3 s of reads at 1M
-    # points; hosts that page out idle file pages (these machines do after a minute) would
+    # on the disk (Edge holds the GIL through a page fault; costs in docs/performance.md).
+    # Hosts that page out idle file pages (these machines do after a minute) would
     # otherwise drop them again.
     warm_store: bool = True
     warm_store_interval_s: float = Field(default=30.0, ge=0)
@@ -105,7 +105,7 @@ class Settings(BaseSettings):
 
     # Threads in each embedded-store collection's search pool (0: Qdrant Edge's default, one
     # per CPU). A search reads one scope's few points: handing it to a pool costs more than
-    # the pool saves (16 clients: 7% more searches/s with 1 than with 2 on 2 cores). Raise it
+    # the pool saves (measured: docs/performance.md, "What the design is"). Raise it
     # where single scopes hold hundreds of thousands of points and cores are plenty.
     edge_search_threads: int = Field(default=1, ge=0, le=256)
     # Per-credential token bucket (0 disables): sustained requests per minute, and burst.

@@ -9,7 +9,7 @@ concurrent requests: a lone client never waits for company that is not coming.
 Queries go first: documents and images reach the model in chunks of `chunk_items`, and a
 query that arrives meanwhile runs before the next chunk, so an ingest never holds a search
 for longer than one chunk. While searches are coming in, the chunks shrink to about one
-long text, so that wait stays short (SciFact: 25 ms, not 80); an ingest with nobody
+long text, so that wait stays short (docs/performance.md); an ingest with nobody
 searching keeps the full chunks and their throughput.
 """
 
@@ -95,8 +95,8 @@ def configure_model_threads() -> None:
     """Make the models' OpenMP threads sleep, not spin, between parallel regions.
 
     With the default (spinning) policy torch's threads burn the cores they wait on, starving
-    the event loop and anything else on the machine; on 2 shared cores a 10 ms query took
-    400 ms (measured, see README "Performance"). It only takes effect before torch loads;
+    the event loop and anything else on the machine; on 2 shared cores a query took many
+    times as long (docs/performance.md). It only takes effect before torch loads;
     an explicit OMP_WAIT_POLICY in the environment wins.
     """
     if "torch" not in sys.modules:
@@ -113,7 +113,7 @@ def set_math_threads(threads: int) -> None:
 
 def math_threads_for(kind: InputKind, inputs: Sequence[Any], threads: int) -> int:
     """Math threads for one model call: one for a lone query or two (short texts: their
-    small matrices split badly over threads; MiniLM query 7.4 ms on one, 9.1 on two),
+    small matrices split badly over threads: docs/performance.md),
     `threads` otherwise."""
     if kind == "query" and len(inputs) <= 2 and all(isinstance(x, str) for x in inputs):
         return 1
@@ -130,8 +130,8 @@ def cpu_count() -> int:
 
 def model_parallelism(workers: int, threads: int) -> tuple[int, int]:
     """(workers, math threads per worker) from the settings, where 0 means automatic: one
-    worker with a math thread per CPU. Measured on 2 cores (README, "Performance"): two
-    single-threaded workers served 16 clients no faster and held 80 to 120 MB more; a lone
+    worker with a math thread per CPU. Measured on 2 cores (docs/performance.md): two
+    single-threaded workers served 16 clients no faster and held more memory; a lone
     short query, the one case where one thread wins, gets one anyway (`math_threads_for`)."""
     workers = workers or 1
     threads = threads or max(1, cpu_count() // workers)
@@ -294,8 +294,8 @@ class ModelRuntime:
         """Where the chunk starting at `start` ends: all of a query job; else `chunk_items`
         inputs, or, while searches are coming in (a query in the last `_QUERIES_ACTIVE_S`),
         about one long text's worth (`_BUSY_CHUNK_CHARS`; at least one input), so that a
-        search waits behind a short call (one SciFact abstract: 25 ms, against 80 ms for
-        four)."""
+        search waits behind a short call (one SciFact abstract, not four: figures in
+        docs/performance.md)."""
         if job.kind == "query":
             return len(job.inputs)
         end = min(len(job.inputs), start + self._chunk_items)

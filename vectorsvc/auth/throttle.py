@@ -8,7 +8,7 @@ authenticates, and a bound on password hashing.
 - Sign-in and refresh attempts are counted per client address (429 `rate_limited`),
   refreshes also per user, failed sign-ins per email and address and per email (a short
   lockout, 429 `sign_in_locked`). Both are checked before any password is hashed.
-- Password hashes (argon2, about 0.2 s of one core and 64 MiB each) run on a small
+- Password hashes (argon2: costly by design, in CPU time and memory) run on a small
   executor of their own with a short queue; a sign-in that finds both full answers 429
   `sign_in_busy` at once, and the shared worker threads stay free for other requests.
 

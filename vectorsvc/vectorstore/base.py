@@ -106,7 +106,8 @@ class CollectionSpec:
 
 @runtime_checkable
 class VectorStore(Protocol):
-    """Blocking interface; the service calls it from worker threads, never the event loop.
+    """Blocking interface; the service calls it from worker threads, and on the event loop
+    only a `search` that `search_inline` allows (the embedded engine's, once its shard is open).
 
     Implementations must be safe to call from several threads at once.
     """

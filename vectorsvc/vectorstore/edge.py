@@ -15,13 +15,13 @@ Upserts are durable when `update()` returns (Edge's WAL is on by default).
 
 Index maintenance never runs in the service. Every search is exact: the HNSW graph is
 switched off (m=0, payload_m=0), and a scope is found through the tenant keyword index, so
-a search reads only its scope's vectors (1,000 of 1M points: under 1 ms). `optimize()`
+a search reads only its scope's vectors (docs/performance.md). `optimize()`
 holds the GIL (the whole process stops) for as long as it runs, so only the explicit
 `optimize(collection)` runs it, offline (`vectorsvc store optimize`, service stopped): it
 moves points from the appendable segment, which lives in RAM with its payloads, into
 compacted segments whose vectors, payloads and id tracker stay on disk, paged in on demand
 (`Memory.Cold`). That and float16 vectors (the service's VECTORSVC_VECTOR_DATATYPE) keep
-resident memory at 1M points under 2.5 GB. See README, "Performance".
+resident memory low (figures: docs/performance.md).
 
 Edge stores payloads it cannot read back (nested past 128 levels): a read or delete that
 meets one replaces it with a stand-in and goes on (`edge_payloads`).
@@ -164,9 +164,9 @@ def _index_plan(spec: CollectionSpec) -> dict[str, qe.KeywordIndexParams | qe.Fl
     plan: dict[str, qe.KeywordIndexParams | qe.FloatIndexParams] = {}
     for field_name in spec.float_fields:
         plan[field_name] = qe.FloatIndexParams()
-    # Keyword indexes on disk (mmap'd, in the page cache that warm() fills): in RAM, the
-    # four of a 1M-point collection held 370 MB, and searches were no faster (0.14 ms
-    # against 0.11 on disk, tenant filter, ten payloads).
+    # Keyword indexes on disk (mmap'd, in the page cache that warm() fills): in RAM they
+    # held far more memory, and searches were no faster (docs/performance.md,
+    # "Keyword indexes on disk").
     for field_name in spec.keyword_fields:
         plan[field_name] = qe.KeywordIndexParams(on_disk=True)
     plan[spec.tenant_key] = qe.KeywordIndexParams(is_tenant=True, on_disk=True)
@@ -314,9 +314,9 @@ class EdgeVectorStore:
 
         A search maps what it reads from these files: its scope's vectors, and the payloads
         of its hits. A page not in the cache is a disk read, and Edge holds the GIL through
-        it, so the whole process waits: at 1M points a search's ten payloads took 6 to 9
-        such reads (0.6 ms of the GIL). Pages in the cache cost a search a few microseconds
-        each. Nothing is mapped here, so resident memory grows only as searches touch pages.
+        it, so the whole process waits (figures: docs/performance.md); pages in the cache
+        cost a search next to nothing. Nothing is mapped here, so resident memory grows only
+        as searches touch pages.
 
         The reads release the GIL, so the service calls this again every
         VECTORSVC_WARM_STORE_INTERVAL_S while it serves: some hosts page out file pages
@@ -392,10 +392,10 @@ class EdgeVectorStore:
         # Edge needs the vectors declared on create AND on load (EdgeConfig() without
         # vectors is rejected); on load it also validates them against the segments.
         # No graph (m=0): every search is exact, and optimize() only compacts. Compacted
-        # segments keep vectors, payloads and ids on disk, paged in on demand (Cold). At 1M
-        # points Cached vectors made the service 2.7 GB resident, Cold 1.9 GB; the price is
-        # a page fault per vector page on a scope's first search (raw store p50 4.3 ms
-        # right after compaction, under 1 ms once warm).
+        # segments keep vectors, payloads and ids on disk, paged in on demand (Cold):
+        # Cached vectors made the service far larger (docs/performance.md); the price is
+        # a page fault per vector page on a scope's first search, until warm() has read
+        # the files into the page cache.
         half = spec.extra.get(_DATATYPE_KEY) == "float16"
         return qe.EdgeConfig(
             vectors={
