@@ -12,10 +12,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from vectorsvc.billing import service as billing
+from vectorsvc.billing.money import format_credits, parse_credits
 from vectorsvc.billing.service import ChargeResult, InsufficientFunds
 from vectorsvc.db.database import Database
 from vectorsvc.db.models import LedgerEntry, UsageRecord
-from vectorsvc.models.pricing import Usage, format_credits, parse_credits
+from vectorsvc.models.pricing import Usage
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace
 

@@ -1,20 +1,16 @@
-"""Prices as data and money as integers.
+"""Prices as data: what one unit of a mode costs, and what one run consumed.
 
-Money is counted in integer micro-credits (1 credit = 1,000,000 micro-credits) so that sums
-are exact; a float never holds money. The public API shows credits as exact decimal strings.
+Prices are integer micro-credits (`vectorsvc.billing.money` counts and formats them).
 """
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 PriceUnit = Literal["item", "query", "request"]
 PRICE_UNITS: tuple[str, ...] = get_args(PriceUnit)
-MICRO_CREDITS_PER_CREDIT = 1_000_000
-_CREDIT_DECIMALS = 6
 
 
 class ModePrice(BaseModel):
@@ -42,26 +38,3 @@ class Usage(BaseModel):
         if unit == "query":
             return self.queries
         return self.requests
-
-
-def format_credits(micro_credits: int) -> str:
-    """Exact decimal credits without trailing zeros: 1_500_000 -> '1.5', 0 -> '0'."""
-    sign = "-" if micro_credits < 0 else ""
-    whole, frac = divmod(abs(micro_credits), MICRO_CREDITS_PER_CREDIT)
-    if not frac:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{frac:0{_CREDIT_DECIMALS}d}".rstrip("0")
-
-
-def parse_credits(value: str | int | Decimal) -> int:
-    """Credits (e.g. '12.5') to micro-credits, exactly; at most 6 decimals, not negative."""
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"{value!r} is not a number of credits (e.g. 100 or 12.5)") from None
-    if not amount.is_finite() or amount < 0:
-        raise ValueError(f"{value!r} must be a finite number of credits, not negative")
-    micro = amount * MICRO_CREDITS_PER_CREDIT
-    if micro != micro.to_integral_value():
-        raise ValueError(f"{value!r} has more than {_CREDIT_DECIMALS} decimals")
-    return int(micro)
