@@ -18,7 +18,7 @@ import torch
 from embedders.base import Embedder, Embeddings, Modality
 from vectorsvc import embedding
 from vectorsvc.embedding import EmbeddingService
-from vectorsvc.models.registry import ModelRegistry, ModelSpec
+from vectorsvc.model_registry.registry import ModelRegistry, ModelSpec
 
 pytestmark = pytest.mark.anyio
 

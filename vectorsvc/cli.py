@@ -20,7 +20,7 @@ from vectorsvc.db.database import Database
 from vectorsvc.db.models import Workspace
 from vectorsvc.embedding import EmbedderSettings
 from vectorsvc.errors import ServiceError, ValidationFailed
-from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.model_registry.registry import ModelRegistry
 from vectorsvc.observability import configure_logging
 from vectorsvc.workspaces.service import DEV_WORKSPACE, create_workspace, get_workspace_by_name
 

@@ -36,7 +36,7 @@ from embedders.base import Embedder, Embeddings, MissingDependency, WeightsUnava
 from embedders.factory import check_weights, config_keys, create_embedder
 from vectorsvc.config import Settings
 from vectorsvc.errors import Unavailable
-from vectorsvc.models.registry import ModelRegistry, ModelSpec
+from vectorsvc.model_registry.registry import ModelRegistry, ModelSpec
 
 logger = logging.getLogger(__name__)
 

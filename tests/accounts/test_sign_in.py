@@ -16,7 +16,7 @@ from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from vectorsvc.accounts.service import create_user
 from vectorsvc.db.models import User, UserSession
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace, find_workspace
 
 pytestmark = pytest.mark.anyio

@@ -16,8 +16,8 @@ from vectorsvc.billing.money import format_credits, parse_credits
 from vectorsvc.billing.service import ChargeResult, InsufficientFunds
 from vectorsvc.db.database import Database
 from vectorsvc.db.models import LedgerEntry, UsageRecord
-from vectorsvc.models.pricing import Usage
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.pricing import Usage
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace
 
 INDEX_7 = Usage(items=7)  # 7 items at 200 micro-credits = 1400

@@ -26,7 +26,7 @@ from tests.helpers import Uploader, encode
 from tests.media.conftest import media_service, stored_files, workspace_id
 from vectorsvc.cli import main
 from vectorsvc.db.models import MediaUpload
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 
 if TYPE_CHECKING:
     from vectorsvc.media.service import CollectReport

@@ -31,7 +31,7 @@ from vectorsvc.auth.throttle import AuthThrottle, client_address
 from vectorsvc.config import Settings
 from vectorsvc.db.models import User
 from vectorsvc.limits import Lockout, RateLimiter
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace
 
 pytestmark = pytest.mark.anyio

@@ -43,8 +43,8 @@ from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.db.models import LedgerEntry, UsageRecord, Wallet
 from vectorsvc.errors import Conflict, ServiceError, ValidationFailed
-from vectorsvc.models.pricing import ModePrice, Usage
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.pricing import ModePrice, Usage
+from vectorsvc.model_registry.registry import ModelSpec
 
 GroupBy = Literal["model", "mode", "day"]
 GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)

@@ -16,8 +16,8 @@ from vectorsvc.marketplace.schemas import (
     ModelsPublic,
     PricePublic,
 )
-from vectorsvc.models.pricing import ModePrice
-from vectorsvc.models.registry import Modality, Mode, ModelSpec, example_request
+from vectorsvc.model_registry.pricing import ModePrice
+from vectorsvc.model_registry.registry import Modality, Mode, ModelSpec, example_request
 from vectorsvc.state import AppState
 
 MODALITIES: tuple[str, ...] = get_args(Modality)

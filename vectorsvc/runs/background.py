@@ -34,8 +34,8 @@ from vectorsvc.billing.money import format_credits
 from vectorsvc.billing.service import InsufficientFunds, quote
 from vectorsvc.db.models import BackgroundRun
 from vectorsvc.errors import Conflict, NotFound, ServiceError, ValidationFailed
-from vectorsvc.models.pricing import Usage
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.pricing import Usage
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.namespaces import Namespace
 from vectorsvc.runs.content import (
     ImageContent,

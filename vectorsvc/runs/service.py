@@ -23,8 +23,8 @@ from vectorsvc.billing.service import PendingCharge, quote
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.knowledge_bases import catalog
 from vectorsvc.knowledge_bases.service import thumbnail_url
-from vectorsvc.models.pricing import Usage
-from vectorsvc.models.registry import ModelSpec, validate_run_contract
+from vectorsvc.model_registry.pricing import Usage
+from vectorsvc.model_registry.registry import ModelSpec, validate_run_contract
 from vectorsvc.namespaces import Namespace
 from vectorsvc.runs.content import (
     Content,

@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vectorsvc.errors import NotFound, ValidationFailed
-from vectorsvc.models.contracts import ModeContract
-from vectorsvc.models.pricing import ModePrice
+from vectorsvc.model_registry.contracts import ModeContract
+from vectorsvc.model_registry.pricing import ModePrice
 
 Mode = Literal["execute", "index", "search", "delete"]
 Modality = Literal["text", "image"]
