@@ -17,7 +17,7 @@ from vectorsvc.billing.money import format_credits, parse_credits
 from vectorsvc.client.commands import add_client_commands
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import Workspace
+from vectorsvc.db.tables import Workspace
 from vectorsvc.embedding import EmbedderSettings
 from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.model_registry.registry import ModelRegistry

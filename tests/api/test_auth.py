@@ -104,7 +104,7 @@ async def test_a_remembered_key_never_lets_a_forged_secret_in(
 async def test_keys_are_stored_hashed(service: Service, api_key: str) -> None:
     from sqlalchemy import select
 
-    from vectorsvc.db.models import ApiKey
+    from vectorsvc.db.tables import ApiKey
 
     with service.db.session() as session:
         rows = list(session.scalars(select(ApiKey)))

@@ -15,7 +15,7 @@ from vectorsvc.billing import service as billing
 from vectorsvc.billing.money import format_credits, parse_credits
 from vectorsvc.billing.service import ChargeResult, InsufficientFunds
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import LedgerEntry, UsageRecord
+from vectorsvc.db.tables import LedgerEntry, UsageRecord
 from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace

@@ -25,7 +25,7 @@ from tests.conftest import Service, make_settings, running_service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import media_service, stored_files, workspace_id
 from vectorsvc.cli import main
-from vectorsvc.db.models import MediaUpload
+from vectorsvc.db.tables import MediaUpload
 from vectorsvc.model_registry.registry import ModelSpec
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ async def test_expired_uploads_lose_their_bytes_at_once_and_their_rows_a_day_lat
 async def test_unused_blobs_and_leftovers_are_removed_used_ones_kept(
     service: Service, uploader: Uploader
 ) -> None:
-    from vectorsvc.db.models import MediaBlob
+    from vectorsvc.db.tables import MediaBlob
 
     media_dir = service.settings.media_dir
     used = await uploader.upload(PNG, "image/png")

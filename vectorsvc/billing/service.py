@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from vectorsvc.billing.money import format_credits, parse_credits
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import LedgerEntry, UsageRecord, Wallet
+from vectorsvc.db.tables import LedgerEntry, UsageRecord, Wallet
 from vectorsvc.errors import Conflict, ServiceError, ValidationFailed
 from vectorsvc.model_registry.pricing import ModePrice, Usage
 from vectorsvc.model_registry.registry import ModelSpec

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import Media, MediaBlob, MediaUpload, Workspace
+from vectorsvc.db.tables import Media, MediaBlob, MediaUpload, Workspace
 from vectorsvc.errors import (
     BadRequest,
     Conflict,

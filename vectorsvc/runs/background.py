@@ -32,7 +32,7 @@ from vectorsvc import namespaces
 from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.money import format_credits
 from vectorsvc.billing.service import InsufficientFunds, quote
-from vectorsvc.db.models import BackgroundRun
+from vectorsvc.db.tables import BackgroundRun
 from vectorsvc.errors import Conflict, NotFound, ServiceError, ValidationFailed
 from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
