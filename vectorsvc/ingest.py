@@ -57,7 +57,7 @@ from vectorsvc.client import (
     VectorsvcError,
     sniff_content_type,
 )
-from vectorsvc.client.models import SUCCEEDED
+from vectorsvc.client.schemas import SUCCEEDED
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")

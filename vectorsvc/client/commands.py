@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vectorsvc.client._client import VectorsvcClient, VectorsvcError
-from vectorsvc.client.models import Hit
+from vectorsvc.client.schemas import Hit
 
 ENV_GATEWAY_URL = "AIMP_GATEWAY_URL"
 ENV_API_KEY = "AIMP_API_KEY"
