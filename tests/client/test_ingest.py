@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.client.conftest import SCIFACT_DOCS, LiveService, write_jsonl
 from tests.helpers import encode
-from vectorsvc import ingest
+from vectorsvc.client.ingest import runner as ingest
 from vectorsvc.cli import main
 from vectorsvc.client import VectorsvcClient
 

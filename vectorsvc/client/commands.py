@@ -55,7 +55,7 @@ def _stdout_console() -> Console:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     # Imported here: only this command needs the ingester.
-    from vectorsvc.ingest import IngestError, IngestOptions, render_summary, run_ingest
+    from vectorsvc.client.ingest import IngestError, IngestOptions, render_summary, run_ingest
 
     try:
         url, key = _credentials(args)
