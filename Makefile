@@ -24,6 +24,7 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the layer contracts in pyproject.toml [tool.importlinter]
 
 typecheck: install
 	$(BIN)/mypy

@@ -33,7 +33,7 @@ from sqlalchemy import func, select, update
 from vectorsvc.app import create_app
 from vectorsvc.auth.keys import create_api_key
 from vectorsvc.config import Settings
-from vectorsvc.db.models import MediaUpload
+from vectorsvc.db.tables import MediaUpload
 from vectorsvc.workspaces.service import create_workspace
 
 MIB = 1024 * 1024

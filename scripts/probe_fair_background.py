@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, prepare, print_table, serve, write_results  # noqa: E402
 
 from vectorsvc.db.database import Database  # noqa: E402
-from vectorsvc.db.models import UsageRecord  # noqa: E402
+from vectorsvc.db.tables import UsageRecord  # noqa: E402
 
 MODEL = "all-minilm-l6-v2"
 TOPICS = ["astronomy", "cooking", "football", "chemistry", "poetry", "sailing"]

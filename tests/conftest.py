@@ -23,7 +23,7 @@ from vectorsvc.auth.keys import create_api_key  # noqa: E402
 from vectorsvc.config import Settings  # noqa: E402
 from vectorsvc.db.database import Database  # noqa: E402
 from vectorsvc.embedding import default_loader  # noqa: E402
-from vectorsvc.models.registry import ModelSpec  # noqa: E402
+from vectorsvc.model_registry.registry import ModelSpec  # noqa: E402
 from vectorsvc.workspaces.service import create_workspace  # noqa: E402
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"

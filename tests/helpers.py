@@ -18,7 +18,7 @@ from embedders.base import Embedder
 from tests.conftest import Service
 from vectorsvc.app import create_app
 from vectorsvc.config import Settings
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 
 
 def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from embedders.base import Embedder, Embeddings, Modality
-from vectorsvc import embedding
-from vectorsvc.embedding import EmbeddingService
-from vectorsvc.models.registry import ModelRegistry, ModelSpec
+from vectorsvc.embedding import EmbeddingService, runtime
+from vectorsvc.model_registry.registry import ModelRegistry, ModelSpec
 
 pytestmark = pytest.mark.anyio
 
@@ -145,7 +144,7 @@ async def test_while_searching_long_documents_go_one_a_call_and_short_ones_toget
 async def test_documents_go_back_to_full_chunks_once_searches_stop(
     spec: ModelSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embedding, "_QUERIES_ACTIVE_S", 0.2)
+    monkeypatch.setattr(runtime, "_QUERIES_ACTIVE_S", 0.2)
     embedder = RecordingEmbedder()
     embeddings = service(embedder)
     texts = [f"doc {i} " + "x" * 1000 for i in range(8)]  # long: one a call while searching

@@ -38,7 +38,7 @@ from vectorsvc.limits import BodySizeLimitMiddleware, RateLimiter
 from vectorsvc.marketplace.endpoints import router as marketplace_router
 from vectorsvc.media.endpoints import router as media_router
 from vectorsvc.media.service import MediaService
-from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.model_registry.registry import ModelRegistry
 from vectorsvc.observability import Metrics, ObservabilityMiddleware
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.endpoints import router as runs_router

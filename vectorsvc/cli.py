@@ -13,14 +13,14 @@ from sqlalchemy import func, select
 
 from vectorsvc.auth.keys import create_api_key, revoke_api_key
 from vectorsvc.billing import service as billing
+from vectorsvc.billing.money import format_credits, parse_credits
 from vectorsvc.client.commands import add_client_commands
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import Workspace
+from vectorsvc.db.tables import Workspace
 from vectorsvc.embedding import EmbedderSettings
 from vectorsvc.errors import ServiceError, ValidationFailed
-from vectorsvc.models.pricing import format_credits, parse_credits
-from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.model_registry.registry import ModelRegistry
 from vectorsvc.observability import configure_logging
 from vectorsvc.workspaces.service import DEV_WORKSPACE, create_workspace, get_workspace_by_name
 

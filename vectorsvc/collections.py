@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from vectorsvc import namespaces
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.vectorstore.base import VectorStore
 
 

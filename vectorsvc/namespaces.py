@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 from vectorsvc.errors import ValidationFailed
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.vectorstore.base import CollectionSpec, Filter, MatchValue
 
 SCOPE_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

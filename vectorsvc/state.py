@@ -17,7 +17,7 @@ from vectorsvc.db.database import Database
 from vectorsvc.embedding import EmbeddingService
 from vectorsvc.limits import RateLimiter
 from vectorsvc.media.service import MediaService
-from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.model_registry.registry import ModelRegistry
 from vectorsvc.vectorstore.base import VectorStore
 
 if TYPE_CHECKING:

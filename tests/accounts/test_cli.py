@@ -11,7 +11,7 @@ from sqlalchemy import select
 from vectorsvc.cli import main
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import Membership, User
+from vectorsvc.db.tables import Membership, User
 
 
 def test_users_create_reads_the_password_from_stdin(

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from vectorsvc.accounts.service import create_user
-from vectorsvc.db.models import User, UserSession
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.db.tables import User, UserSession
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace, find_workspace
 
 pytestmark = pytest.mark.anyio

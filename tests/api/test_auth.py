@@ -11,7 +11,7 @@ import pytest
 from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from vectorsvc.auth.keys import revoke_api_key
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 
 pytestmark = pytest.mark.anyio
 
@@ -104,7 +104,7 @@ async def test_a_remembered_key_never_lets_a_forged_secret_in(
 async def test_keys_are_stored_hashed(service: Service, api_key: str) -> None:
     from sqlalchemy import select
 
-    from vectorsvc.db.models import ApiKey
+    from vectorsvc.db.tables import ApiKey
 
     with service.db.session() as session:
         rows = list(session.scalars(select(ApiKey)))

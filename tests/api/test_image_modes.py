@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from tests.helpers import Uploader, encode
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ import pytest
 from embedders.base import Embedder
 from tests.conftest import Service, running_service
 from vectorsvc.config import Settings
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vectorsvc.db.database import Database
-from vectorsvc.models.registry import ModelRegistry, ModelSpec
+from vectorsvc.model_registry.registry import ModelRegistry, ModelSpec
 from vectorsvc.workspaces.service import create_workspace
 
 

@@ -10,9 +10,9 @@ from sqlalchemy import update
 
 from tests.conftest import Service
 from vectorsvc.billing import service as billing
-from vectorsvc.db.models import UsageRecord
-from vectorsvc.models.pricing import Usage
-from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.db.tables import UsageRecord
+from vectorsvc.model_registry.pricing import Usage
+from vectorsvc.model_registry.registry import ModelRegistry
 from vectorsvc.workspaces.service import find_workspace
 
 pytestmark = pytest.mark.anyio

@@ -12,11 +12,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from vectorsvc.billing import service as billing
+from vectorsvc.billing.money import format_credits, parse_credits
 from vectorsvc.billing.service import ChargeResult, InsufficientFunds
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import LedgerEntry, UsageRecord
-from vectorsvc.models.pricing import Usage, format_credits, parse_credits
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.db.tables import LedgerEntry, UsageRecord
+from vectorsvc.model_registry.pricing import Usage
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace
 
 INDEX_7 = Usage(items=7)  # 7 items at 200 micro-credits = 1400

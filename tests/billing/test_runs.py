@@ -16,7 +16,7 @@ from tests.billing.test_ledger import assert_ledger_consistent, usage_cost
 from tests.conftest import Service, make_settings, running_service
 from vectorsvc.billing import service as billing
 from vectorsvc.config import Settings
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import find_workspace
 
 pytestmark = pytest.mark.anyio

@@ -21,7 +21,7 @@ from tests.helpers import uvicorn_in_thread
 from vectorsvc.auth.keys import create_api_key
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace, find_workspace
 
 SCIFACT_DOCS = 200

@@ -12,9 +12,9 @@ from PIL import Image
 
 from tests.client.conftest import SCIFACT_DOCS, LiveService, write_jsonl
 from tests.helpers import encode
-from vectorsvc import ingest
 from vectorsvc.cli import main
 from vectorsvc.client import VectorsvcClient
+from vectorsvc.client.ingest import runner as ingest
 
 TEXT_MODEL = "all-minilm-l6-v2"
 IMAGE_MODEL = "image-similarity"

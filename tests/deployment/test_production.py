@@ -20,7 +20,7 @@ from tests.reliability._server import free_port
 from vectorsvc.cli import main
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import Workspace
+from vectorsvc.db.tables import Workspace
 
 VECTORSVC = str(Path(sys.executable).parent / "vectorsvc")
 

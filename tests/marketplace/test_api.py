@@ -10,7 +10,7 @@ import pytest
 
 from embedders.base import Embedder, WeightsUnavailable
 from tests.conftest import Service, make_settings, running_service
-from vectorsvc.models.registry import ModelRegistry, ModelSpec
+from vectorsvc.model_registry.registry import ModelRegistry, ModelSpec
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,7 @@ from PIL import Image
 
 from tests.conftest import Service
 from vectorsvc.errors import ValidationFailed
-from vectorsvc.models.contracts import example_request, validate_run_contract
-from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.model_registry.registry import ModelRegistry, example_request, validate_run_contract
 
 REGISTRY = ModelRegistry.from_file()
 MINILM = REGISTRY.get("all-minilm-l6-v2")

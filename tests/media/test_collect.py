@@ -25,11 +25,13 @@ from tests.conftest import Service, make_settings, running_service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import media_service, stored_files, workspace_id
 from vectorsvc.cli import main
-from vectorsvc.db.models import MediaUpload
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.db.tables import MediaUpload
+from vectorsvc.media import collector as media_collector
+from vectorsvc.media.storage import BlobStore
+from vectorsvc.model_registry.registry import ModelSpec
 
 if TYPE_CHECKING:
-    from vectorsvc.media.service import CollectReport
+    from vectorsvc.media.collector import CollectReport
 
 pytestmark = pytest.mark.anyio
 
@@ -95,7 +97,7 @@ async def test_expired_uploads_lose_their_bytes_at_once_and_their_rows_a_day_lat
 async def test_unused_blobs_and_leftovers_are_removed_used_ones_kept(
     service: Service, uploader: Uploader
 ) -> None:
-    from vectorsvc.db.models import MediaBlob
+    from vectorsvc.db.tables import MediaBlob
 
     media_dir = service.settings.media_dir
     used = await uploader.upload(PNG, "image/png")
@@ -132,7 +134,7 @@ async def test_unused_blobs_and_leftovers_are_removed_used_ones_kept(
 
 
 async def test_collect_never_deletes_a_blob_an_upload_is_completing_with(
-    service: Service, uploader: Uploader
+    service: Service, uploader: Uploader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The collector lists the blob file while the completing upload has moved it in but not
     yet committed its media row; the collector must then wait for that commit and keep it."""
@@ -150,14 +152,15 @@ async def test_collect_never_deletes_a_blob_an_upload_is_completing_with(
         time.sleep(0.3)  # let the collector reach its lock on the blob before the commit
         return path
 
-    real_drop = collector._drop_blob_if_unused
+    real_drop = media_collector.drop_blob_if_unused
 
-    def drop(session: Session, sha256: str, *, adopt_orphan: bool) -> int:
+    def drop(session: Session, blobs: BlobStore, sha256: str, *, adopt_orphan: bool) -> int:
         collector_checks.set()
-        return real_drop(session, sha256, adopt_orphan=adopt_orphan)
+        return real_drop(session, blobs, sha256, adopt_orphan=adopt_orphan)
 
     completer.blobs.adopt = adopt  # type: ignore[method-assign]
-    collector._drop_blob_if_unused = drop  # type: ignore[method-assign]
+    # Only the collector drops blobs (a completing upload holds them): this times the collector.
+    monkeypatch.setattr(media_collector, "drop_blob_if_unused", drop)
     ws = workspace_id(service, "acme")
     reports: list[CollectReport] = []
 

@@ -19,7 +19,7 @@ from tests.media.conftest import (
     workspace_id,
 )
 from vectorsvc.errors import ServiceError
-from vectorsvc.media.service import load_image, resolve_media, thumbnail_bytes
+from vectorsvc.media.objects import load_image, resolve_media, thumbnail_bytes
 
 pytestmark = pytest.mark.anyio
 

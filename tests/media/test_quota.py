@@ -16,7 +16,7 @@ from tests.conftest import Service, make_settings
 from tests.helpers import Uploader, encode
 from tests.media.conftest import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
 from vectorsvc.config import Settings
-from vectorsvc.db.models import MediaUpload
+from vectorsvc.db.tables import MediaUpload
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ from tests.conftest import Service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import MAX_UPLOAD_BYTES, stored_files
 from vectorsvc.config import Settings
-from vectorsvc.db.models import MediaUpload
+from vectorsvc.db.tables import MediaUpload
 
 pytestmark = pytest.mark.anyio
 

@@ -29,9 +29,9 @@ from tests.conftest import Service, make_settings, running_service
 from vectorsvc.accounts.service import create_user
 from vectorsvc.auth.throttle import AuthThrottle, client_address
 from vectorsvc.config import Settings
-from vectorsvc.db.models import User
+from vectorsvc.db.tables import User
 from vectorsvc.limits import Lockout, RateLimiter
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,7 @@ import pytest
 
 from embedders.base import Embedder
 from tests.conftest import make_settings, running_service
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 
 pytestmark = pytest.mark.anyio
 

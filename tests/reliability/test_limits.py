@@ -23,7 +23,7 @@ from PIL import Image
 from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from tests.helpers import Uploader, chunks
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 
 pytestmark = pytest.mark.anyio
 

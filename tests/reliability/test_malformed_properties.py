@@ -29,7 +29,7 @@ from tests.conftest import make_settings
 from vectorsvc.app import create_app
 from vectorsvc.auth.keys import create_api_key
 from vectorsvc.db.database import Database
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace
 
 MODEL = "all-minilm-l6-v2"

@@ -30,7 +30,7 @@ from tests.reliability._server import VECTORSVC, ServerProcess
 from vectorsvc.accounts.service import create_user
 from vectorsvc.auth.keys import create_api_key
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import ApiKey, MediaUpload, User, UserSession
+from vectorsvc.db.tables import ApiKey, MediaUpload, User, UserSession
 from vectorsvc.workspaces.service import create_workspace
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
-from vectorsvc.db.models import UsageRecord
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.db.tables import UsageRecord
+from vectorsvc.model_registry.registry import ModelSpec
 
 pytestmark = pytest.mark.anyio
 

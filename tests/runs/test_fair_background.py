@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from tests.runs.test_background import MODEL, finished, point_count, status, submit, texts, wait_for
-from vectorsvc.db.models import UsageRecord
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.db.tables import UsageRecord
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.runs.background import BackgroundRuns
 
 pytestmark = pytest.mark.anyio

@@ -24,8 +24,9 @@ from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from tests.helpers import Uploader, encode
 from vectorsvc.media.content import load_rgb
-from vectorsvc.media.service import MediaObject, MediaService
-from vectorsvc.models.registry import ModelRegistry, ModelSpec
+from vectorsvc.media.objects import MediaObject
+from vectorsvc.media.service import MediaService
+from vectorsvc.model_registry.registry import ModelRegistry, ModelSpec
 from vectorsvc.runs.content import IMAGE_BATCH, MODEL_IMAGE_MAX_ASPECT, MODEL_IMAGE_MIN_SIDE
 
 pytestmark = pytest.mark.anyio

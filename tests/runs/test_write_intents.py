@@ -28,8 +28,8 @@ from tests.runs.test_paid_writes import (
     workspace_of,
 )
 from vectorsvc.billing import service as billing
-from vectorsvc.db.models import BackgroundRun, PendingWrite
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.db.tables import BackgroundRun, PendingWrite
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.runs import writes
 from vectorsvc.runs.content import embed_prepared, prepare
 from vectorsvc.runs.inputs import IndexItem

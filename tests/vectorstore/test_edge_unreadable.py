@@ -18,7 +18,7 @@ from vectorsvc.vectorstore.base import (
     Range,
 )
 from vectorsvc.vectorstore.edge import EdgeVectorStore
-from vectorsvc.vectorstore.edge_payloads import UNREADABLE_FIELD
+from vectorsvc.vectorstore.edge.payloads import UNREADABLE_FIELD
 
 SPEC = CollectionSpec(
     name="docs", dimension=4, tenant_key="_tenant", keyword_fields=("_scope", "id")

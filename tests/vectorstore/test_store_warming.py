@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from vectorsvc.config import Settings
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 
 pytestmark = pytest.mark.anyio
 

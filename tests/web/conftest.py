@@ -19,7 +19,7 @@ from vectorsvc.accounts.service import create_user
 from vectorsvc.auth.keys import create_api_key
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.workspaces.service import create_workspace, find_workspace
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from vectorsvc.auth.tokens import TokenIdentity
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import Membership, User, UserSession, Workspace, utcnow
+from vectorsvc.db.tables import Membership, User, UserSession, Workspace, utcnow
 from vectorsvc.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValidationFailed
 
 ACCESS_TOKEN_PREFIX = "vsat_"

@@ -14,7 +14,7 @@ from fastapi import Depends, Header, Request
 
 from vectorsvc.auth.keys import VerifiedKey, looks_like_api_key, verify_api_key
 from vectorsvc.auth.throttle import client_address
-from vectorsvc.db.models import Workspace
+from vectorsvc.db.tables import Workspace
 from vectorsvc.errors import Unauthenticated
 from vectorsvc.state import AppState, get_state
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from vectorsvc.db.models import ApiKey, Workspace
+from vectorsvc.db.tables import ApiKey, Workspace
 from vectorsvc.errors import NotFound
 
 KEY_PREFIX = "vsk_"

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Query
 
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.billing import service
+from vectorsvc.billing.money import format_credits
 from vectorsvc.billing.schemas import UsageGroup, UsageSummaryPublic, UsageTotals, WalletPublic
 from vectorsvc.errors import ERROR_RESPONSES
 from vectorsvc.json_body import JSONRoute
-from vectorsvc.models.pricing import format_credits
 from vectorsvc.state import StateDep
 
 router = APIRouter(

@@ -38,12 +38,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from vectorsvc.billing.money import format_credits, parse_credits
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import LedgerEntry, UsageRecord, Wallet
+from vectorsvc.db.tables import LedgerEntry, UsageRecord, Wallet
 from vectorsvc.errors import Conflict, ServiceError, ValidationFailed
-from vectorsvc.models.pricing import ModePrice, Usage, format_credits, parse_credits
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.pricing import ModePrice, Usage
+from vectorsvc.model_registry.registry import ModelSpec
 
 GroupBy = Literal["model", "mode", "day"]
 GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)

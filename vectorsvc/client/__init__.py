@@ -18,7 +18,7 @@ from vectorsvc.client._client import (
     root_url,
     sniff_content_type,
 )
-from vectorsvc.client.models import (
+from vectorsvc.client.schemas import (
     TERMINAL_STATUSES,
     Hit,
     ImageItem,

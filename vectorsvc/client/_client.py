@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from vectorsvc import __version__
-from vectorsvc.client.models import (
+from vectorsvc.client.schemas import (
     Hit,
     ImageItem,
     IndexResult,

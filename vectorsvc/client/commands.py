@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vectorsvc.client._client import VectorsvcClient, VectorsvcError
-from vectorsvc.client.models import Hit
+from vectorsvc.client.schemas import Hit
 
 ENV_GATEWAY_URL = "AIMP_GATEWAY_URL"
 ENV_API_KEY = "AIMP_API_KEY"
@@ -55,7 +55,7 @@ def _stdout_console() -> Console:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     # Imported here: only this command needs the ingester.
-    from vectorsvc.ingest import IngestError, IngestOptions, render_summary, run_ingest
+    from vectorsvc.client.ingest import IngestError, IngestOptions, render_summary, run_ingest
 
     try:
         url, key = _credentials(args)

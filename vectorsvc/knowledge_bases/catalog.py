@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, select, tuple_
 
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import CatalogEntry
+from vectorsvc.db.tables import CatalogEntry
 from vectorsvc.namespaces import Namespace
 
 

@@ -7,6 +7,7 @@ import binascii
 import re
 from typing import Any, get_args
 
+from vectorsvc.billing.money import format_credits
 from vectorsvc.errors import NotFound, ValidationFailed
 from vectorsvc.marketplace.schemas import (
     ModeContractPublic,
@@ -15,9 +16,8 @@ from vectorsvc.marketplace.schemas import (
     ModelsPublic,
     PricePublic,
 )
-from vectorsvc.models.contracts import example_request
-from vectorsvc.models.pricing import ModePrice, format_credits
-from vectorsvc.models.registry import Modality, Mode, ModelSpec
+from vectorsvc.model_registry.pricing import ModePrice
+from vectorsvc.model_registry.registry import Modality, Mode, ModelSpec, example_request
 from vectorsvc.state import AppState
 
 MODALITIES: tuple[str, ...] = get_args(Modality)

@@ -17,6 +17,7 @@ from starlette.datastructures import URL
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES
 from vectorsvc.json_body import JSONRoute
+from vectorsvc.media.objects import MediaObject
 from vectorsvc.media.references import MediaReference, find_references
 from vectorsvc.media.schemas import (
     MediaPublic,
@@ -27,7 +28,6 @@ from vectorsvc.media.schemas import (
     UploadInitPublic,
     UploadReceivedPublic,
 )
-from vectorsvc.media.service import MediaObject
 from vectorsvc.media.thumbnails import MAX_SIDE_RANGE, thumbnail_side
 from vectorsvc.state import StateDep
 

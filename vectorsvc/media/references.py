@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vectorsvc import namespaces
-from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.model_registry.registry import ModelRegistry
 from vectorsvc.vectorstore.base import Filter, MatchValue, VectorStore
 
 # Bounds on what one refused delete lists: scopes per model, and item ids per scope.

@@ -6,8 +6,8 @@ checks size and content, and moves it to `incoming/`; `complete_upload` moves it
 content-addressed store and records the `media_ref`. A rejected PUT stores nothing and
 leaves the upload pending, so the client may PUT the right bytes again until it expires.
 
-Use: `MediaService.resolve` (or `resolve_media`) turns a workspace's `media_ref` into a
-`MediaObject`; `load_image` and `thumbnail_bytes` read it.
+Use: `MediaService.resolve` (or `objects.resolve_media`) turns a workspace's `media_ref`
+into a `MediaObject`; `load_image` and `thumbnail_bytes` read it.
 
 Storage is bounded and collected:
 - Quota: a workspace's stored media plus its open uploads (pending or received, not yet
@@ -15,15 +15,12 @@ Storage is bounded and collected:
   the new upload first and sums after it, in one transaction that holds the workspace (the
   row lock on Postgres, the database write lock on SQLite), so parallel inits cannot
   overshoot.
-- Blobs: every blob has a `media_blobs` row. A completing upload locks (or inserts) that row
-  before it moves its bytes in; deleting media and the collector lock it too before they
-  look for media rows of that digest and delete the file. So a blob is never deleted while
-  an upload is coming to refer to it: one of the two waits for the other's commit.
+- Blobs: every blob has a `media_blobs` row that uploads, deletes and the collector lock
+  before they touch its file (`collector`), so a blob is never deleted while an upload is
+  coming to refer to it.
 - `delete` removes one media item once no point refers to it (the caller checks, under the
   workspace's write lock) and its blob once no media row of any workspace refers to it.
-- `collect` marks expired uploads, purges their rows a day later, and removes orphaned
-  received bodies, partial bodies, unreferenced blobs and the shared thumbnails of earlier
-  versions.
+- `collect` (`collector.collect`) removes expired uploads and every file held for nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -46,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.models import Media, MediaBlob, MediaUpload, Workspace
+from vectorsvc.db.tables import Media, MediaUpload, Workspace
 from vectorsvc.errors import (
     BadRequest,
     Conflict,
@@ -56,48 +53,42 @@ from vectorsvc.errors import (
     ServiceError,
     ValidationFailed,
 )
+from vectorsvc.media import collector
+from vectorsvc.media.collector import CollectReport
 from vectorsvc.media.content import (
     MediaType,
     allowed_content_types,
     check_content,
-    is_image_type,
-    load_rgb,
+)
+from vectorsvc.media.objects import (
+    COMPLETED,
+    EXPIRED,
+    PENDING,
+    RECEIVED,
+    MediaObject,
+    aware,
+    load_image,
+    media_not_found,
+    resolve_media,
+    thumbnail_bytes,
+    utcnow,
 )
 from vectorsvc.media.references import MediaReference
 from vectorsvc.media.schemas import (
-    MediaPublic,
     MediaUsagePublic,
     UploadCompletePublic,
     UploadInit,
     UploadInitPublic,
     UploadReceivedPublic,
 )
-from vectorsvc.media.storage import BlobStore, blob_path
-from vectorsvc.media.thumbnails import ThumbnailCache, render_thumbnail, thumbnail_side
+from vectorsvc.media.storage import BlobStore
+from vectorsvc.media.thumbnails import ThumbnailCache, thumbnail_side
 
 UPLOAD_ID_PREFIX = "studio_upload_"
 MEDIA_REF_PREFIX = "media_"
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 # PUT bodies are written in pieces of this size, each in a worker thread.
 _WRITE_CHUNK = 1 << 20
-# How many expired uploads one sweep deletes the bytes of (sweeps run on init).
-_SWEEP_BATCH = 100
-# An expired upload's row stays this long (complete answers 410 upload_expired, not 404).
-EXPIRED_UPLOAD_RETENTION = timedelta(days=1)
-# Rows the collector deletes per transaction.
-_PURGE_BATCH = 500
-
-PENDING, RECEIVED, COMPLETED, EXPIRED = "pending", "received", "completed", "expired"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every timestamp here is written in UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _token_hash(token: str) -> str:
@@ -105,52 +96,9 @@ def _token_hash(token: str) -> str:
 
 
 @dataclass(frozen=True)
-class MediaObject:
-    """A stored media item, resolved for one workspace. `path` is the blob on local disk."""
-
-    media_ref: str
-    workspace_id: str
-    media_type: MediaType
-    content_type: str
-    sha256: str
-    size_bytes: int
-    filename: str
-    width: int | None
-    height: int | None
-    created_at: datetime
-    path: Path
-
-    @property
-    def is_image(self) -> bool:
-        return is_image_type(self.content_type)
-
-    def public(self) -> MediaPublic:
-        return MediaPublic(
-            media_ref=self.media_ref,
-            media_type=self.media_type,
-            content_type=self.content_type,
-            filename=self.filename,
-            size_bytes=self.size_bytes,
-            sha256=self.sha256,
-            width=self.width,
-            height=self.height,
-            created_at=self.created_at,
-        )
-
-
-@dataclass(frozen=True)
 class _PendingUpload:
     size_bytes: int
     content_type: str
-
-
-def _media_not_found(media_ref: str, field: str) -> NotFound:
-    return NotFound(
-        f"{field}: no media {media_ref!r} in this workspace; upload it with "
-        "POST /api/media/upload/init and /complete, then use the returned media_ref",
-        field=field,
-        code="media_not_found",
-    )
 
 
 def _upload_not_found(upload_id: str, field: str = "upload_id") -> NotFound:
@@ -187,83 +135,6 @@ def _size_mismatch(received: str, declared: int) -> BadRequest:
         "declared bytes, or start a new upload with the right size_bytes",
         field="size_bytes",
         code="size_mismatch",
-    )
-
-
-def _to_media_object(row: Media, media_dir: Path) -> MediaObject:
-    return MediaObject(
-        media_ref=row.media_ref,
-        workspace_id=row.workspace_id,
-        media_type=MediaType(row.media_type),
-        content_type=row.content_type,
-        sha256=row.sha256,
-        size_bytes=row.size_bytes,
-        filename=row.filename,
-        width=row.width,
-        height=row.height,
-        created_at=_aware(row.created_at),
-        path=blob_path(media_dir, row.sha256),
-    )
-
-
-def resolve_media(
-    db: Database,
-    *,
-    media_dir: Path,
-    workspace_id: str,
-    media_ref: str,
-    field: str = "media_ref",
-) -> MediaObject:
-    """The media `media_ref` of `workspace_id`, or `404 media_not_found` naming `field`.
-
-    Another workspace's ref is not found either: refs are never shared across workspaces.
-    Blocking (one database read); `media_dir` is `settings.media_dir`.
-    """
-    with db.session() as session:
-        row = session.get(Media, (workspace_id, media_ref))
-        if row is None:
-            raise _media_not_found(media_ref, field)
-        return _to_media_object(row, media_dir)
-
-
-def load_image(
-    media: MediaObject,
-    *,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    min_side: int | None = None,
-    max_aspect: int | None = None,
-) -> Image.Image:
-    """Decode `media` as an upright (EXIF-transposed) RGB image, refusing too many pixels;
-    `min_side` and `max_aspect` make it smaller while decoding (see `load_rgb`)."""
-    if not media.is_image:
-        raise _not_an_image(media)
-    _require_blob(media)
-    return load_rgb(media.path, max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect)
-
-
-def thumbnail_bytes(
-    media: MediaObject, max_side: int = 256, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-) -> bytes:
-    """A JPEG thumbnail at `max_side` rounded up to the next of `THUMBNAIL_SIZES` (uncached:
-    `MediaService.thumbnail_bytes` caches per workspace)."""
-    side = thumbnail_side(max_side)
-    if not media.is_image:
-        raise _not_an_image(media)
-    _require_blob(media)
-    return render_thumbnail(media.path, side, max_pixels=max_pixels)
-
-
-def _require_blob(media: MediaObject) -> None:
-    # Deleted after it was resolved (a concurrent DELETE): not found, rather than undecodable.
-    if not media.path.is_file():
-        raise _media_not_found(media.media_ref, "media_ref")
-
-
-def _not_an_image(media: MediaObject) -> ValidationFailed:
-    return ValidationFailed(
-        f"media {media.media_ref!r} is {media.content_type}, not an image",
-        field="media_ref",
-        code="not_an_image",
     )
 
 
@@ -333,7 +204,7 @@ class MediaService:
         self.sweep_expired()
         upload_id = f"{UPLOAD_ID_PREFIX}{secrets.token_hex(16)}"
         token = secrets.token_urlsafe(32)
-        now = _utcnow()
+        now = utcnow()
         expires_at = now + self.upload_ttl
         with self.db.session() as session:
             # One init per workspace at a time on Postgres (no-op on SQLite, where the insert
@@ -449,8 +320,8 @@ class MediaService:
                     field="upload_url",
                     code="upload_already_received",
                 )
-            expires_at = _aware(upload.expires_at)
-            if upload.status == EXPIRED or expires_at <= _utcnow():
+            expires_at = aware(upload.expires_at)
+            if upload.status == EXPIRED or expires_at <= utcnow():
                 raise _upload_expired(upload_id, expires_at)
             return _PendingUpload(size_bytes=upload.size_bytes, content_type=upload.content_type)
 
@@ -506,8 +377,8 @@ class MediaService:
                 if media is None:  # pragma: no cover - the two rows are written together
                     raise ServiceError(f"upload {upload_id!r} lost its media row")
                 return _complete_public(media)
-            expires_at = _aware(upload.expires_at)
-            if upload.status == EXPIRED or expires_at <= _utcnow():
+            expires_at = aware(upload.expires_at)
+            if upload.status == EXPIRED or expires_at <= utcnow():
                 raise _upload_expired(upload_id, expires_at)
             if upload.status != RECEIVED or upload.sha256 is None:
                 raise Conflict(
@@ -525,7 +396,7 @@ class MediaService:
             ).first()
             if claimed is None:
                 return None  # a concurrent complete won: read its result
-            _hold_blob(session, upload.sha256, upload.size_bytes)
+            collector.hold_blob(session, upload.sha256, upload.size_bytes)
             self.blobs.adopt(self.blobs.incoming_path(upload_id), upload.sha256)
             media = Media(
                 workspace_id=workspace_id,
@@ -544,17 +415,7 @@ class MediaService:
 
     def sweep_expired(self, *, now: datetime | None = None) -> int:
         """Drop the received bytes of uploads that expired before completion."""
-        now = now or _utcnow()
-        with self.db.session() as session:
-            rows = session.scalars(
-                select(MediaUpload)
-                .where(MediaUpload.status == RECEIVED, MediaUpload.expires_at <= now)
-                .limit(_SWEEP_BATCH)
-            ).all()
-            for row in rows:
-                row.status = EXPIRED
-                self.blobs.incoming_path(row.id).unlink(missing_ok=True)
-            return len(rows)
+        return collector.sweep_expired(self.db, self.blobs, now=now)
 
     # -- use --------------------------------------------------------------------------------
 
@@ -587,7 +448,7 @@ class MediaService:
             )
         missing = sorted(wanted - present)
         if missing:
-            raise _media_not_found(missing[0], "media_ref")
+            raise media_not_found(missing[0], "media_ref")
 
     def load_image(
         self, media: MediaObject, *, min_side: int | None = None, max_aspect: int | None = None
@@ -611,7 +472,7 @@ class MediaService:
     def usage(self, *, workspace_id: str) -> MediaUsagePublic:
         """What the workspace's media and open uploads hold, against its quota."""
         with self.db.session() as session:
-            usage = _usage(session, workspace_id, _utcnow())
+            usage = _usage(session, workspace_id, utcnow())
         return MediaUsagePublic(
             used_bytes=usage.bytes,
             limit_bytes=self.quota_bytes,
@@ -671,120 +532,18 @@ class MediaService:
         with self.db.session() as session:
             row = session.get(Media, (workspace_id, media_ref))
             if row is None:  # a concurrent delete won
-                raise _media_not_found(media_ref, "media_ref")
+                raise media_not_found(media_ref, "media_ref")
             session.delete(row)
             # The upload goes too: completing it again answers 404, not a lost media row.
             session.execute(delete(MediaUpload).where(MediaUpload.id == row.upload_id))
             session.flush()
-            self._drop_blob_if_unused(session, row.sha256, adopt_orphan=False)
+            collector.drop_blob_if_unused(session, self.blobs, row.sha256, adopt_orphan=False)
         self.thumbnails.discard(workspace_id, media_ref)
-
-    def _drop_blob_if_unused(self, session: Session, sha256: str, *, adopt_orphan: bool) -> int:
-        """Delete blob `sha256` if no media row uses it; the bytes freed.
-
-        Locks the blob's row first: a completing upload of the same bytes locks it too, so
-        one waits for the other. `adopt_orphan` takes a blob file that has no row (left by a
-        crash) by inserting its row, which raises `IntegrityError` on Postgres when an upload
-        is inserting it at the same moment.
-        """
-        held = session.execute(
-            update(MediaBlob)
-            .where(MediaBlob.sha256 == sha256)
-            .values(last_used_at=_utcnow())
-            .returning(MediaBlob.sha256)
-        ).first()
-        if held is None:
-            if not adopt_orphan:
-                return 0  # no row: the collector deals with the file
-            session.add(MediaBlob(sha256=sha256, size_bytes=self.blobs.blob_size(sha256)))
-            session.flush()
-        used = session.scalar(select(Media.media_ref).where(Media.sha256 == sha256).limit(1))
-        if used is not None:
-            return 0
-        freed = self.blobs.remove_blob(sha256)  # before the commit, while the row is held
-        session.execute(delete(MediaBlob).where(MediaBlob.sha256 == sha256))
-        return freed
 
     def collect(self, *, now: datetime | None = None) -> CollectReport:
         """Purge expired uploads and remove every file the store holds for nothing. Blocking;
         safe beside uploads, completions and deletes, in this and other processes."""
-        now = now or _utcnow()
-        report = CollectReport()
-        while swept := self.sweep_expired(now=now):
-            report.uploads_expired += swept
-        report.uploads_purged = self._purge_uploads(before=now - EXPIRED_UPLOAD_RETENTION)
-        report.incoming_removed = self._remove_orphaned_incoming(
-            before=now - self.upload_ttl - timedelta(hours=1)
-        )
-        report.partial_removed = self.blobs.sweep_temp()
-        for legacy in self.blobs.legacy_files():
-            legacy.unlink(missing_ok=True)
-            report.legacy_thumbnails_removed += 1
-        for sha256 in self._unused_blob_candidates():
-            try:
-                with self.db.session() as session:
-                    freed = self._drop_blob_if_unused(session, sha256, adopt_orphan=True)
-            except IntegrityError:
-                continue  # an upload is completing with these bytes: keep them
-            if freed:
-                report.blobs_removed += 1
-                report.bytes_freed += freed
-        return report
-
-    def _purge_uploads(self, *, before: datetime) -> int:
-        """Delete the rows (and any received bytes) of uploads that expired before `before`."""
-        purged = 0
-        while True:
-            with self.db.session() as session:
-                ids = session.scalars(
-                    select(MediaUpload.id)
-                    .where(
-                        MediaUpload.status.in_((PENDING, RECEIVED, EXPIRED)),
-                        MediaUpload.expires_at <= before,
-                    )
-                    .limit(_PURGE_BATCH)
-                ).all()
-                if not ids:
-                    return purged
-                session.execute(delete(MediaUpload).where(MediaUpload.id.in_(ids)))
-                for upload_id in ids:
-                    self.blobs.incoming_path(upload_id).unlink(missing_ok=True)
-                purged += len(ids)
-
-    def _remove_orphaned_incoming(self, *, before: datetime) -> int:
-        """Delete received bodies no received upload owns (a crash between the move and the
-        commit). Only old ones: a PUT moves its body in before its transaction commits."""
-        cutoff = before.timestamp()
-        old = [upload_id for upload_id, mtime in self.blobs.incoming_files() if mtime < cutoff]
-        removed = 0
-        for start in range(0, len(old), _PURGE_BATCH):
-            batch = old[start : start + _PURGE_BATCH]
-            with self.db.session() as session:
-                owned = set(
-                    session.scalars(
-                        select(MediaUpload.id).where(
-                            MediaUpload.id.in_(batch), MediaUpload.status == RECEIVED
-                        )
-                    )
-                )
-            for upload_id in batch:
-                if upload_id not in owned:
-                    self.blobs.incoming_path(upload_id).unlink(missing_ok=True)
-                    removed += 1
-        return removed
-
-    def _unused_blob_candidates(self) -> list[str]:
-        """Digests that may be unused: rows no media row refers to, and files without a row.
-        Each is checked again, under its row's lock, before anything is deleted."""
-        with self.db.session() as session:
-            unused = session.scalars(
-                select(MediaBlob.sha256).where(
-                    ~select(Media.media_ref).where(Media.sha256 == MediaBlob.sha256).exists()
-                )
-            ).all()
-            known = set(session.scalars(select(MediaBlob.sha256)))
-        orphans = [sha256 for sha256 in self.blobs.blob_digests() if sha256 not in known]
-        return [*unused, *orphans]
+        return collector.collect(self.db, self.blobs, upload_ttl=self.upload_ttl, now=now)
 
 
 def _complete_public(media: Media) -> UploadCompletePublic:
@@ -819,33 +578,3 @@ def _usage(session: Session, workspace_id: str, now: datetime) -> _Usage:
     return _Usage(
         bytes=int(stored_bytes) + int(open_bytes), count=int(stored_count) + int(open_count)
     )
-
-
-def _hold_blob(session: Session, sha256: str, size_bytes: int) -> None:
-    """Lock blob `sha256`'s row, inserting it if absent, until the session commits: the
-    collector and deletes lock it before they delete the file (see `_drop_blob_if_unused`)."""
-    held = session.execute(
-        update(MediaBlob)
-        .where(MediaBlob.sha256 == sha256)
-        .values(last_used_at=_utcnow())
-        .returning(MediaBlob.sha256)
-    ).first()
-    if held is None:
-        session.add(MediaBlob(sha256=sha256, size_bytes=size_bytes))
-        session.flush()  # IntegrityError on Postgres if another upload inserts it now
-
-
-@dataclass
-class CollectReport:
-    """What one `MediaService.collect` removed."""
-
-    uploads_expired: int = 0
-    uploads_purged: int = 0
-    incoming_removed: int = 0
-    partial_removed: int = 0
-    legacy_thumbnails_removed: int = 0
-    blobs_removed: int = 0
-    bytes_freed: int = 0
-
-    def removed_anything(self) -> bool:
-        return any(vars(self).values())

@@ -30,11 +30,12 @@ from sqlalchemy.orm import Session
 
 from vectorsvc import namespaces
 from vectorsvc.billing.funds import Reservation
+from vectorsvc.billing.money import format_credits
 from vectorsvc.billing.service import InsufficientFunds, quote
-from vectorsvc.db.models import BackgroundRun
+from vectorsvc.db.tables import BackgroundRun
 from vectorsvc.errors import Conflict, NotFound, ServiceError, ValidationFailed
-from vectorsvc.models.pricing import Usage, format_credits
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.pricing import Usage
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.namespaces import Namespace
 from vectorsvc.runs.content import (
     ImageContent,

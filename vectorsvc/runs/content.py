@@ -27,8 +27,8 @@ from PIL.Image import Image
 from embedders.base import Embeddings
 from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.media.content import TRIM_AFTER_PIXELS, release_freed_memory
-from vectorsvc.media.service import MediaObject
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.media.objects import MediaObject
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.state import AppState
 
 

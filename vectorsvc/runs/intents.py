@@ -31,10 +31,10 @@ from sqlalchemy.orm import Session
 
 from vectorsvc import namespaces
 from vectorsvc.billing.service import InsufficientFunds, charge, opening_micro_credits
-from vectorsvc.db.models import BackgroundRun, PendingWrite
+from vectorsvc.db.tables import BackgroundRun, PendingWrite
 from vectorsvc.errors import NotFound
 from vectorsvc.knowledge_bases import catalog
-from vectorsvc.models.pricing import Usage
+from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.namespaces import Namespace
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import HasIds

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vectorsvc.errors import ValidationFailed
-from vectorsvc.models.registry import VECTOR_MODES
+from vectorsvc.model_registry.registry import VECTOR_MODES
 from vectorsvc.namespaces import validate_scope
 
 TOP_LEVEL_FIELDS = ("model", "mode", "scope", "input", "params", "options")

@@ -18,13 +18,13 @@ from typing import Any
 import anyio
 
 from vectorsvc import namespaces
+from vectorsvc.billing.money import format_credits
 from vectorsvc.billing.service import PendingCharge, quote
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.knowledge_bases import catalog
 from vectorsvc.knowledge_bases.service import thumbnail_url
-from vectorsvc.models.contracts import validate_run_contract
-from vectorsvc.models.pricing import Usage, format_credits
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.pricing import Usage
+from vectorsvc.model_registry.registry import ModelSpec, validate_run_contract
 from vectorsvc.namespaces import Namespace
 from vectorsvc.runs.content import (
     Content,

@@ -29,8 +29,8 @@ from vectorsvc import namespaces
 from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.service import charge, opening_micro_credits, quote
 from vectorsvc.knowledge_bases import catalog
-from vectorsvc.models.pricing import Usage
-from vectorsvc.models.registry import ModelSpec
+from vectorsvc.model_registry.pricing import Usage
+from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.namespaces import Namespace
 from vectorsvc.runs import intents
 from vectorsvc.runs.intents import ChunkProgress, WriteIntent

@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vectorsvc.db.models import Workspace
+from vectorsvc.db.tables import Workspace
 from vectorsvc.errors import Conflict, NotFound, ValidationFailed
 
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -1,41 +1,18 @@
 """`VectorStore` on Qdrant Edge (qdrant-edge-py 0.9): in-process shards, no server.
 
-Edge has no collections and no aliases, so this module supplies both:
-
-    root/
-      .lock                      exclusive flock: one process per root (Edge's WAL would
-                                 refuse a second opener anyway, but only lazily, per shard)
-      aliases.json               {"alias": "collection"}, replaced atomically
-      collections/<name>/
-        spec.json                the CollectionSpec; written LAST, so it marks a finished
-                                 ensure_collection (a shard dir without it is an orphan)
-        shard/                   the Edge shard directory
+Edge has no collections and no aliases, so this package supplies both: `layout` is the
+store root on disk (a shard and a spec.json per collection, aliases.json), `locking` keeps
+one process per root, `shards` configures a shard (exact search, no graph, cold memory,
+payload indexes), `filters` translates our filters, `maintenance` warms the page cache and
+compacts offline, and `payloads` repairs stored payloads Edge cannot read back.
 
 Upserts are durable when `update()` returns (Edge's WAL is on by default).
-
-Index maintenance never runs in the service. Every search is exact: the HNSW graph is
-switched off (m=0, payload_m=0), and a scope is found through the tenant keyword index, so
-a search reads only its scope's vectors (docs/performance.md). `optimize()`
-holds the GIL (the whole process stops) for as long as it runs, so only the explicit
-`optimize(collection)` runs it, offline (`vectorsvc store optimize`, service stopped): it
-moves points from the appendable segment, which lives in RAM with its payloads, into
-compacted segments whose vectors, payloads and id tracker stay on disk, paged in on demand
-(`Memory.Cold`). That and float16 vectors (the service's VECTORSVC_VECTOR_DATATYPE) keep
-resident memory low (figures: docs/performance.md).
-
-Edge stores payloads it cannot read back (nested past 128 levels): a read or delete that
-meets one replaces it with a stand-in and goes on (`edge_payloads`).
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import os
-import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -44,184 +21,57 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-import numpy as np
 import qdrant_edge as qe
 
 from vectorsvc.vectorstore.base import (
     CollectionNotFound,
     CollectionSpec,
-    Condition,
     DimensionMismatch,
     Filter,
     HasIds,
-    MatchAny,
-    MatchValue,
     PointRecord,
-    Range,
     ScoredPoint,
     ScrollPage,
     Vector,
     VectorStoreError,
 )
-from vectorsvc.vectorstore.edge_payloads import (
+from vectorsvc.vectorstore.edge.filters import to_edge_filter
+from vectorsvc.vectorstore.edge.layout import (
+    ALIASES_FILE,
+    COLLECTIONS_DIR,
+    DATATYPE_KEY,
+    SEGMENTS_DIR,
+    SHARD_DIR,
+    SPEC_FILE,
+    check_name,
+    load_aliases,
+    load_specs,
+    merge_specs,
+    spec_to_json,
+    write_json_atomic,
+)
+from vectorsvc.vectorstore.edge.locking import acquire_root_lock, release_root_lock
+from vectorsvc.vectorstore.edge.maintenance import WARM_CHUNK, optimize_shard, page_in
+from vectorsvc.vectorstore.edge.payloads import (
     find_unreadable,
     index_only,
     is_unreadable_payload,
     stand_in_payload,
 )
+from vectorsvc.vectorstore.edge.shards import add_indexes, edge_config
 from vectorsvc.vectorstore.filters import (
     DENSE_VECTOR,
     canonical_id,
     canonical_ids,
     dense_list,
     facet_key,
-    split_any,
 )
 
-# Names become directory names: keep them to a safe, Qdrant-compatible alphabet.
-_NAME_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
-_SPEC_FILE = "spec.json"
-_SHARD_DIR = "shard"
-_ALIASES_FILE = "aliases.json"
-_LOCK_FILE = ".lock"
-# Stored in spec.json `extra` when a collection is created; absent means float32.
-_DATATYPE_KEY = "vector_datatype"
-_WARM_CHUNK = 1 << 20  # bytes per read() of warm(): each releases the GIL
-VectorDatatype = Literal["float32", "float16"]
 _READ_PAGE = 512
 T = TypeVar("T")
+VectorDatatype = Literal["float32", "float16"]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_name(name: str, what: str = "collection") -> str:
-    if not _NAME_RULE.match(name):
-        raise VectorStoreError(f"invalid {what} name {name!r}")
-    return name
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write temp file in the same directory, fsync, os.replace: readers (and a crash)
-    see either the old or the new file, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _spec_to_json(spec: CollectionSpec) -> dict[str, Any]:
-    return {
-        "name": spec.name,
-        "dimension": spec.dimension,
-        "tenant_key": spec.tenant_key,
-        "keyword_fields": list(spec.keyword_fields),
-        "float_fields": list(spec.float_fields),
-        "extra": dict(spec.extra),
-    }
-
-
-def _spec_from_json(data: dict[str, Any]) -> CollectionSpec:
-    return CollectionSpec(
-        name=str(data["name"]),
-        dimension=int(data["dimension"]),
-        tenant_key=str(data["tenant_key"]),
-        keyword_fields=tuple(data.get("keyword_fields", ())),
-        float_fields=tuple(data.get("float_fields", ())),
-        extra=dict(data.get("extra", {})),
-    )
-
-
-def _merge_specs(old: CollectionSpec, new: CollectionSpec) -> CollectionSpec:
-    """Indexes are only ever added, so the persisted spec is the union of both."""
-    return CollectionSpec(
-        name=old.name,
-        dimension=old.dimension,
-        tenant_key=new.tenant_key,
-        keyword_fields=tuple(dict.fromkeys(old.keyword_fields + new.keyword_fields)),
-        float_fields=tuple(dict.fromkeys(old.float_fields + new.float_fields)),
-        extra={**old.extra, **new.extra},
-    )
-
-
-def _index_plan(spec: CollectionSpec) -> dict[str, qe.KeywordIndexParams | qe.FloatIndexParams]:
-    """field -> Edge index params. The tenant key wins if also listed as a keyword field."""
-    plan: dict[str, qe.KeywordIndexParams | qe.FloatIndexParams] = {}
-    for field_name in spec.float_fields:
-        plan[field_name] = qe.FloatIndexParams()
-    # Keyword indexes on disk (mmap'd, in the page cache that warm() fills): in RAM they
-    # held far more memory, and searches were no faster (docs/performance.md,
-    # "Keyword indexes on disk").
-    for field_name in spec.keyword_fields:
-        plan[field_name] = qe.KeywordIndexParams(on_disk=True)
-    plan[spec.tenant_key] = qe.KeywordIndexParams(is_tenant=True, on_disk=True)
-    return plan
-
-
-def _same_index(have: Any, want: qe.KeywordIndexParams | qe.FloatIndexParams) -> bool:
-    """Whether an existing index (`ShardInfo.payload_schema` entry) has the planned params."""
-    params = have.params
-    if type(params) is not type(want):
-        return False
-    return all(
-        bool(getattr(params, attr, None)) == bool(getattr(want, attr, None))
-        for attr in ("is_tenant", "on_disk")
-    )
-
-
-def _match_value(value: str | int | bool) -> qe.MatchValue:
-    if isinstance(value, bool):
-        # qdrant-edge 0.9 extracts a Python bool as the integer 0/1 (bool subclasses int),
-        # so MatchValue(True) silently matches payload 1, never true. numpy.bool_ is not an
-        # int to its extractor and arrives as a real boolean (measured; see tests).
-        return qe.MatchValue(np.bool_(value))  # type: ignore[arg-type]
-    return qe.MatchValue(value)
-
-
-def _condition(cond: Condition) -> qe.ConditionType:
-    if isinstance(cond, MatchValue):
-        return qe.FieldCondition(cond.key, match=_match_value(cond.value))
-    if isinstance(cond, MatchAny):
-        strings, integers = split_any(cond.values)
-        if strings and integers:
-            # Mixed kinds: OR of one keyword list and one integer list.
-            return qe.Filter(
-                should=[
-                    qe.FieldCondition(cond.key, match=qe.MatchAny(strings)),
-                    qe.FieldCondition(cond.key, match=qe.MatchAny(integers)),
-                ]
-            )
-        values: list[str] | list[int] = integers if integers else strings
-        return qe.FieldCondition(cond.key, match=qe.MatchAny(values))
-    if isinstance(cond, Range):
-        return qe.FieldCondition(
-            cond.key, range=qe.RangeFloat(gte=cond.gte, gt=cond.gt, lte=cond.lte, lt=cond.lt)
-        )
-    if isinstance(cond, HasIds):
-        return qe.HasIdCondition(set(canonical_ids(cond.ids)))
-    raise TypeError(f"unsupported condition {cond!r}")
-
-
-def to_edge_filter(flt: Filter) -> qe.Filter | None:
-    """Our Filter -> `qdrant_edge.Filter`, or None for "everything"."""
-    if not flt.must:
-        return None
-    return qe.Filter(must=[_condition(c) for c in flt.must])
 
 
 def _payload(raw: dict[str, Any] | None) -> dict[str, Any]:
@@ -250,30 +100,19 @@ class EdgeVectorStore:
         float32 vector >= 0.99999)."""
         self._root = Path(root)
         self._vector_datatype = vector_datatype
-        self._collections_dir = self._root / "collections"
-        self._aliases_path = self._root / _ALIASES_FILE
+        self._collections_dir = self._root / COLLECTIONS_DIR
+        self._aliases_path = self._root / ALIASES_FILE
         self._max_search_threads = max_search_threads
         self._collections_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = self._acquire_root_lock()
+        self._lock_fd = acquire_root_lock(self._root)
         self._lock = threading.Lock()
         self._write_locks: dict[str, threading.Lock] = {}
         self._shards: dict[str, qe.EdgeShard] = {}
         self._closed = False
-        self._specs = self._load_specs()
-        self._aliases = self._load_aliases()
+        self._specs = load_specs(self._collections_dir)
+        self._aliases = load_aliases(self._aliases_path)
 
     # --- lifecycle ------------------------------------------------------------------------
-
-    def _acquire_root_lock(self) -> int:
-        fd = os.open(self._root / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise VectorStoreError(
-                f"{self._root} is already open by another EdgeVectorStore"
-            ) from exc
-        return fd
 
     def close(self) -> None:
         """Flush and close every open shard, then release the root. Idempotent."""
@@ -291,8 +130,7 @@ class EdgeVectorStore:
                         shard.close()
                     except Exception as exc:  # close the others regardless
                         errors.append(exc)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            release_root_lock(self._lock_fd)
             if errors:
                 raise VectorStoreError(f"closing shards failed: {errors!r}") from errors[0]
 
@@ -324,20 +162,15 @@ class EdgeVectorStore:
         a use. Files that vanish meanwhile (an optimize replacing segments) are skipped.
         """
         total = 0
-        buffer = bytearray(_WARM_CHUNK)
+        buffer = bytearray(WARM_CHUNK)
         for name in self.list_collections():
             self._shard(name)  # open it now: searches run inline only on an open shard
             # The segments only: the WAL is read back only on a restart.
-            segments = self._collection_dir(name) / _SHARD_DIR / "segments"
-            for path in sorted(segments.rglob("*")):
-                try:
-                    with open(path, "rb", buffering=0) as file:
-                        while read := file.readinto(buffer):
-                            total += read
-                            if max_bytes is not None and total >= max_bytes:
-                                return total
-                except (IsADirectoryError, FileNotFoundError, PermissionError):
-                    continue
+            segments = self._collection_dir(name) / SHARD_DIR / SEGMENTS_DIR
+            remaining = None if max_bytes is None else max_bytes - total
+            total += page_in(sorted(segments.rglob("*")), buffer, remaining)
+            if max_bytes is not None and total >= max_bytes:
+                return total
         return total
 
     def optimize(self, collection: str) -> bool:
@@ -349,72 +182,12 @@ class EdgeVectorStore:
         name = self._resolve(collection)
         shard = self._shard(name)
         with self._write_lock(name):
-            rebuilt = self._rebuild_changed_indexes(shard, self._spec(name))
-            optimized = bool(shard.optimize())
-            shard.flush()
-        return optimized or rebuilt
-
-    @staticmethod
-    def _rebuild_changed_indexes(shard: qe.EdgeShard, spec: CollectionSpec) -> bool:
-        """Rebuild the payload indexes whose params the plan has changed since they were
-        made (collections from before keyword indexes moved to disk keep theirs in RAM
-        until this runs). Offline: a rebuild holds the GIL for seconds at 1M points."""
-        schema = shard.info().payload_schema
-        changed = [
-            (field_name, params)
-            for field_name, params in _index_plan(spec).items()
-            if field_name in schema and not _same_index(schema[field_name], params)
-        ]
-        for field_name, params in changed:
-            shard.update(qe.UpdateOperation.delete_field_index(field_name))
-            shard.update(qe.UpdateOperation.create_field_index(field_name, params))
-        return bool(changed)
-
-    # --- persistence ----------------------------------------------------------------------
-
-    def _collection_dir(self, name: str) -> Path:
-        return self._collections_dir / _check_name(name)
-
-    def _load_specs(self) -> dict[str, CollectionSpec]:
-        specs: dict[str, CollectionSpec] = {}
-        for spec_path in sorted(self._collections_dir.glob(f"*/{_SPEC_FILE}")):
-            spec = _spec_from_json(json.loads(spec_path.read_text(encoding="utf-8")))
-            specs[spec.name] = spec
-        return specs
-
-    def _load_aliases(self) -> dict[str, str]:
-        if not self._aliases_path.exists():
-            return {}
-        data = json.loads(self._aliases_path.read_text(encoding="utf-8"))
-        return {str(k): str(v) for k, v in data.items()}
-
-    def _edge_config(self, spec: CollectionSpec) -> qe.EdgeConfig:
-        # Edge needs the vectors declared on create AND on load (EdgeConfig() without
-        # vectors is rejected); on load it also validates them against the segments.
-        # No graph (m=0): every search is exact, and optimize() only compacts. Compacted
-        # segments keep vectors, payloads and ids on disk, paged in on demand (Cold):
-        # Cached vectors made the service far larger (docs/performance.md); the price is
-        # a page fault per vector page on a scope's first search, until warm() has read
-        # the files into the page cache.
-        half = spec.extra.get(_DATATYPE_KEY) == "float16"
-        return qe.EdgeConfig(
-            vectors={
-                DENSE_VECTOR: qe.EdgeVectorParams(
-                    size=spec.dimension,
-                    distance=qe.Distance.Cosine,
-                    memory=qe.Memory.Cold,
-                    datatype=qe.VectorStorageDatatype.Float16 if half else None,
-                )
-            },
-            hnsw_config=qe.HnswIndexConfig(
-                m=0, ef_construct=100, full_scan_threshold=10_000, payload_m=0
-            ),
-            payload_memory=qe.Memory.Cold,
-            id_tracker_memory=qe.Memory.Cold,
-            max_search_threads=self._max_search_threads,
-        )
+            return optimize_shard(shard, self._spec(name))
 
     # --- lookup ---------------------------------------------------------------------------
+
+    def _collection_dir(self, name: str) -> Path:
+        return self._collections_dir / check_name(name)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -448,6 +221,9 @@ class EdgeVectorStore:
         finally:
             self._lock.release()
 
+    def _edge_config(self, spec: CollectionSpec) -> qe.EdgeConfig:
+        return edge_config(spec, self._max_search_threads)
+
     def _shard(self, collection: str) -> qe.EdgeShard:
         with self._lock:
             self._check_open()
@@ -456,7 +232,7 @@ class EdgeVectorStore:
                 spec = self._specs.get(collection)
                 if spec is None:
                     raise CollectionNotFound(collection)
-                shard_dir = self._collection_dir(collection) / _SHARD_DIR
+                shard_dir = self._collection_dir(collection) / SHARD_DIR
                 shard = qe.EdgeShard.load(str(shard_dir), self._edge_config(spec))
                 self._shards[collection] = shard
             return shard
@@ -472,7 +248,7 @@ class EdgeVectorStore:
     # --- collections and aliases ----------------------------------------------------------
 
     def ensure_collection(self, spec: CollectionSpec) -> None:
-        name = _check_name(spec.name)
+        name = check_name(spec.name)
         if spec.dimension <= 0:
             raise VectorStoreError(f"dimension must be positive, got {spec.dimension}")
         # Under the global lock for simplicity: creating a collection is rare, and only
@@ -485,20 +261,20 @@ class EdgeVectorStore:
             if name in self._aliases:
                 raise VectorStoreError(f"{name!r} is already an alias")
             coll_dir = self._collection_dir(name)
-            shard_dir = coll_dir / _SHARD_DIR
+            shard_dir = coll_dir / SHARD_DIR
             if existing is None:
                 # No spec.json: any shard dir here is an orphan of a create that never
                 # returned, so it cannot hold acknowledged data.
                 if shard_dir.exists():
                     shutil.rmtree(shard_dir)
-                datatype = spec.extra.get(_DATATYPE_KEY, self._vector_datatype)
-                spec = replace(spec, extra={**spec.extra, _DATATYPE_KEY: datatype})
+                datatype = spec.extra.get(DATATYPE_KEY, self._vector_datatype)
+                spec = replace(spec, extra={**spec.extra, DATATYPE_KEY: datatype})
                 coll_dir.mkdir(parents=True, exist_ok=True)
                 shard = qe.EdgeShard.create(str(shard_dir), self._edge_config(spec))
                 try:
-                    self._add_indexes(shard, spec)
+                    add_indexes(shard, spec)
                     shard.flush()  # indexes on disk before spec.json declares the collection
-                    _write_json_atomic(coll_dir / _SPEC_FILE, _spec_to_json(spec))
+                    write_json_atomic(coll_dir / SPEC_FILE, spec_to_json(spec))
                 except BaseException:
                     shard.close()  # leave an orphan dir, never a half-registered shard
                     raise
@@ -509,19 +285,12 @@ class EdgeVectorStore:
             if opened is None:
                 opened = qe.EdgeShard.load(str(shard_dir), self._edge_config(existing))
                 self._shards[name] = opened
-            merged = _merge_specs(existing, spec)
-            self._add_indexes(opened, merged)
+            merged = merge_specs(existing, spec)
+            add_indexes(opened, merged)
             if merged != existing:
                 opened.flush()
-                _write_json_atomic(coll_dir / _SPEC_FILE, _spec_to_json(merged))
+                write_json_atomic(coll_dir / SPEC_FILE, spec_to_json(merged))
                 self._specs[name] = merged
-
-    @staticmethod
-    def _add_indexes(shard: qe.EdgeShard, spec: CollectionSpec) -> None:
-        indexed = set(shard.info().payload_schema)
-        for field_name, params in _index_plan(spec).items():
-            if field_name not in indexed:
-                shard.update(qe.UpdateOperation.create_field_index(field_name, params))
 
     def collection_exists(self, name: str) -> bool:
         """True for a collection or an alias of one (Qdrant's semantics)."""
@@ -537,7 +306,7 @@ class EdgeVectorStore:
             return sorted(self._specs)
 
     def set_alias(self, alias: str, collection: str) -> None:
-        _check_name(alias, "alias")
+        check_name(alias, "alias")
         with self._lock:
             self._check_open()
             if collection not in self._specs:
@@ -545,7 +314,7 @@ class EdgeVectorStore:
             if alias in self._specs:
                 raise VectorStoreError(f"{alias!r} is a collection, not an alias")
             aliases = {**self._aliases, alias: collection}
-            _write_json_atomic(self._aliases_path, aliases)  # the switch is one os.replace
+            write_json_atomic(self._aliases_path, aliases)  # the switch is one os.replace
             self._aliases = aliases
 
     def resolve_alias(self, alias: str) -> str | None:
@@ -553,7 +322,7 @@ class EdgeVectorStore:
             self._check_open()
             return self._aliases.get(alias)
 
-    # --- payloads the engine cannot read (see edge_payloads) --------------------------------
+    # --- payloads the engine cannot read (see payloads) -------------------------------------
 
     def _reading(self, name: str, flt: Filter, read: Callable[[], T], *, locked: bool = False) -> T:
         """`read()`; if a stored payload it touches cannot be decoded, replace the unreadable

@@ -19,20 +19,13 @@ digest changed (an edited row) is re-sent whole; the server skips its unchanged 
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import io
-import json
-import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from rich.console import Console
@@ -57,81 +50,24 @@ from vectorsvc.client import (
     VectorsvcError,
     sniff_content_type,
 )
-from vectorsvc.client.models import SUCCEEDED
+from vectorsvc.client.ingest.options import IngestOptions, IngestSummary
+from vectorsvc.client.ingest.sources import (
+    Batch,
+    IngestError,
+    ItemFailure,
+    SourceItem,
+    make_batches,
+    read_source,
+)
+from vectorsvc.client.ingest.state import IngestState, default_state_path, state_identity
+from vectorsvc.client.schemas import SUCCEEDED
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
-CSV_SUFFIXES = (".csv", ".csv.gz")
-# The request body limit is 10 MB; leave room for the envelope and JSON escaping slack.
-MAX_BATCH_BYTES = 8 * 1024 * 1024
-# The server's rule for metadata keys (the models' contracts): checked here so one bad row
-# fails alone instead of failing its whole batch.
-METADATA_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
-STATE_VERSION = 1
-# How often the state file is rewritten while uploading (every acknowledged batch is
-# written at once).
-STATE_SAVE_INTERVAL_S = 1.0
 # Where an index error points at one item: `input.items[12].text` -> 12.
 _ITEM_FIELD = re.compile(r"^input\.items\[(\d+)\]")
 
 # Called in the main thread after each acknowledged batch: a seam for tests (raise
 # KeyboardInterrupt to act out a Ctrl-C) and for programs that embed the ingester.
 after_batch_hooks: list[Callable[[BatchReport], None]] = []
-
-
-class IngestError(Exception):
-    """A problem with the input or the options, found before anything is sent."""
-
-
-@dataclass(frozen=True)
-class ItemFailure:
-    where: str  # "line 12", "row 3", "cats/tabby.png"
-    id: str | None
-    reason: str
-
-    def __str__(self) -> str:
-        ident = f" (id {self.id!r})" if self.id is not None and self.id != self.where else ""
-        return f"{self.where}{ident}: {self.reason}"
-
-
-@dataclass
-class SourceItem:
-    id: str
-    where: str
-    metadata: dict[str, Any]
-    text: str | None = None
-    path: Path | None = None
-    sha256: str | None = None  # images, once hashed
-    media_ref: str | None = None  # images, once uploaded (or found in the state file)
-
-    def fingerprint(self) -> str:
-        """What identifies this item's content, for batch digests: id, content, metadata."""
-        content = self.text if self.text is not None else self.sha256
-        blob = json.dumps([self.id, content, self.metadata], sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def payload(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id}
-        if self.text is not None:
-            out["text"] = self.text
-        else:
-            out["image"] = {"media_ref": self.media_ref}
-        if self.metadata:
-            out["metadata"] = self.metadata
-        return out
-
-
-@dataclass
-class Batch:
-    number: int
-    items: list[SourceItem]
-
-    @property
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for item in self.items:
-            h.update(item.fingerprint().encode())
-        return h.hexdigest()[:32]
 
 
 @dataclass
@@ -143,319 +79,6 @@ class BatchReport:
     failures: list[ItemFailure]
     run_id: str | None
     acknowledged: bool
-
-
-@dataclass
-class IngestOptions:
-    path: Path
-    model: str
-    scope: str
-    gateway_url: str
-    api_key: str
-    concurrency: int = 4
-    batch_size: int = 100
-    background: bool = False
-    state_file: Path | None = None
-    resume: bool = True
-    progress: bool = True
-    timeout: float = 300.0
-    retries: int = 5
-    poll_interval: float = 1.0
-
-
-@dataclass
-class IngestSummary:
-    source: str
-    model: str
-    scope: str
-    state_path: Path
-    kind: str = ""  # "texts" or "images"
-    total: int = 0  # items in the input, good or bad
-    items_sent: int = 0
-    indexed: int = 0
-    created: int = 0
-    updated: int = 0
-    skipped_server: int = 0  # unchanged: the server did not embed them again
-    skipped_resumed: int = 0  # in batches a previous run got acknowledged: not sent
-    batches_sent: int = 0
-    batches_resumed: int = 0
-    uploaded: int = 0
-    uploads_reused: int = 0
-    retries: int = 0
-    failures: list[ItemFailure] = field(default_factory=list)
-    run_ids: list[str] = field(default_factory=list)
-    elapsed_s: float = 0.0
-    interrupted: bool = False
-    fatal: str | None = None
-
-    @property
-    def failed(self) -> int:
-        return len(self.failures)
-
-    @property
-    def items_per_s(self) -> float:
-        return self.items_sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not (self.failures or self.interrupted or self.fatal)
-
-
-# -- resume state ---------------------------------------------------------------------------
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vectorsvc" / "ingest"
-
-
-def key_fingerprint(api_key: str) -> str:
-    # Media refs belong to the key's workspace; the state file keeps only this short hash.
-    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
-
-
-def state_identity(options: IngestOptions) -> dict[str, str]:
-    return {
-        "input": str(options.path.resolve()),
-        "gateway": options.gateway_url.rstrip("/").removesuffix("/api"),
-        "key": key_fingerprint(options.api_key),
-        "model": options.model,
-        "scope": options.scope,
-    }
-
-
-def default_state_path(options: IngestOptions) -> Path:
-    """`$XDG_CACHE_HOME/vectorsvc/ingest/<input name>-<hash>.json` (default `~/.cache`): one
-    file per input path, gateway, API key, model and scope; never beside the input, which
-    may be read-only or shared."""
-    identity = json.dumps(state_identity(options), sort_keys=True)
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", options.path.resolve().name)[:60] or "input"
-    return _cache_dir() / f"{name}-{digest}.json"
-
-
-class IngestState:
-    """Media refs by file SHA-256 and acknowledged batch digests; thread-safe, saved
-    atomically (write a temp file, then rename)."""
-
-    def __init__(self, path: Path, identity: dict[str, str]) -> None:
-        self.path = path
-        self.identity = identity
-        self.media: dict[str, str] = {}
-        self.acked: dict[str, int] = {}  # batch digest -> items in it
-        self._lock = threading.Lock()
-        self._last_save = 0.0
-        self._dirty = False
-
-    @classmethod
-    def load(cls, path: Path, identity: dict[str, str], *, resume: bool) -> IngestState:
-        state = cls(path, identity)
-        if not resume or not path.exists():
-            return state
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return state  # unreadable: start over (the server's dedupe keeps that cheap)
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            return state
-        old = data.get("identity") or {}
-        same_workspace = all(old.get(k) == identity[k] for k in ("gateway", "key"))
-        if same_workspace:  # media refs are valid for the whole workspace
-            state.media = {str(k): str(v) for k, v in (data.get("media") or {}).items()}
-        if old == identity:  # acknowledgements only for this input, model and scope
-            state.acked = {str(k): int(v) for k, v in (data.get("acked_batches") or {}).items()}
-        return state
-
-    def media_ref(self, sha256: str) -> str | None:
-        with self._lock:
-            return self.media.get(sha256)
-
-    def set_media(self, sha256: str, media_ref: str) -> None:
-        with self._lock:
-            self.media[sha256] = media_ref
-            self._dirty = True
-        self.save(force=False)
-
-    def forget_media(self, sha256: str) -> None:
-        with self._lock:
-            self.media.pop(sha256, None)
-            self._dirty = True
-
-    def ack(self, digest: str, items: int) -> None:
-        with self._lock:
-            self.acked[digest] = items
-            self._dirty = True
-        self.save(force=True)
-
-    def is_acked(self, digest: str) -> bool:
-        with self._lock:
-            return digest in self.acked
-
-    def save(self, *, force: bool = True) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if not self._dirty or (not force and now - self._last_save < STATE_SAVE_INTERVAL_S):
-                return
-            data = {
-                "version": STATE_VERSION,
-                "identity": self.identity,
-                "updated_at": datetime.now(UTC).isoformat(),
-                "media": self.media,
-                "acked_batches": self.acked,
-            }
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
-            os.replace(tmp, self.path)  # atomic: a kill mid-write leaves the old file
-            self._last_save = now
-            self._dirty = False
-
-
-# -- reading the input ----------------------------------------------------------------------
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return io.TextIOWrapper(path.open("rb"), encoding="utf-8", newline="")
-
-
-def _bad_keys(metadata: dict[str, Any]) -> list[str]:
-    return [k for k in metadata if not METADATA_KEY.match(k)]
-
-
-def _text_item(
-    where: str, raw_id: Any, text: Any, metadata: dict[str, Any]
-) -> SourceItem | ItemFailure:
-    if raw_id is None or raw_id == "":
-        return ItemFailure(where, None, "missing 'id'")
-    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
-        return ItemFailure(where, None, "'id' must be a string or an integer")
-    item_id = str(raw_id)
-    if not isinstance(text, str) or not text.strip():
-        return ItemFailure(where, item_id, "missing 'text' (a non-empty string)")
-    bad = _bad_keys(metadata)
-    if bad:
-        return ItemFailure(
-            where,
-            item_id,
-            f"metadata key {bad[0]!r} is not allowed (letters, digits, '_' and '-', "
-            "at most 64 characters)",
-        )
-    return SourceItem(id=item_id, where=where, metadata=metadata, text=text)
-
-
-def read_jsonl(path: Path) -> Iterator[SourceItem | ItemFailure]:
-    """One JSON object a line: `id`, `text`, and `metadata` (an object) and/or any other
-    keys, which become metadata too (the `metadata` object wins on a clash)."""
-    with _open_text(path) as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"line {number}"
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                yield ItemFailure(where, None, f"not JSON: {exc}")
-                continue
-            if not isinstance(row, dict):
-                yield ItemFailure(where, None, "not a JSON object")
-                continue
-            nested = row.get("metadata")
-            if nested is not None and not isinstance(nested, dict):
-                yield ItemFailure(where, None, "'metadata' must be an object")
-                continue
-            metadata = {k: v for k, v in row.items() if k not in ("id", "text", "metadata")}
-            metadata.update(nested or {})
-            yield _text_item(where, row.get("id"), row.get("text"), metadata)
-
-
-_INT = re.compile(r"-?(0|[1-9][0-9]*)")
-_FLOAT = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]+")
-
-
-def _csv_value(value: str) -> Any:
-    # Numbers become numbers so range filters work on them; "007" stays a string.
-    if _INT.fullmatch(value):
-        return int(value)
-    if _FLOAT.fullmatch(value):
-        return float(value)
-    return value
-
-
-def read_csv(path: Path) -> Iterator[SourceItem | ItemFailure]:
-    """A header row with `id` and `text`; every other column is metadata (empty cells are
-    left out; integers and decimals become numbers)."""
-    with _open_text(path) as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in ("id", "text") if c not in columns]
-        if missing:
-            raise IngestError(f"{path}: the CSV header has no {' or '.join(map(repr, missing))}")
-        bad = _bad_keys({c: None for c in columns if c not in ("id", "text")})
-        if bad:
-            raise IngestError(
-                f"{path}: column {bad[0]!r} cannot be a metadata key (letters, digits, '_' "
-                "and '-', at most 64 characters); rename it"
-            )
-        for number, row in enumerate(reader, start=1):
-            metadata = {
-                k: _csv_value(v)
-                for k, v in row.items()
-                if k not in ("id", "text") and k is not None and v not in (None, "")
-            }
-            yield _text_item(f"row {number}", row.get("id"), row.get("text"), metadata)
-
-
-def read_image_folder(folder: Path) -> Iterator[SourceItem | ItemFailure]:
-    """Every image under `folder` (recursively, by name order): id = the path relative to
-    the folder, metadata = `filename` and, in a subfolder, `folder`."""
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        rel = path.relative_to(folder).as_posix()
-        metadata: dict[str, Any] = {"filename": path.name}
-        if "/" in rel:
-            metadata["folder"] = rel.rsplit("/", 1)[0]
-        yield SourceItem(id=rel, where=rel, metadata=metadata, path=path)
-
-
-def read_source(path: Path) -> tuple[str, Callable[[], Iterator[SourceItem | ItemFailure]]]:
-    """The kind of input (`images` or `texts`) and a reader over it."""
-    if path.is_dir():
-        return "images", lambda: read_image_folder(path)
-    if not path.is_file():
-        raise IngestError(f"{path}: no such file or folder")
-    name = path.name.lower()
-    if name.endswith(JSONL_SUFFIXES):
-        return "texts", lambda: read_jsonl(path)
-    if name.endswith(CSV_SUFFIXES):
-        return "texts", lambda: read_csv(path)
-    raise IngestError(
-        f"{path}: give a folder of images, a .jsonl or a .csv file "
-        f"(optionally .gz), not {path.suffix or 'a file without a suffix'}"
-    )
-
-
-def make_batches(items: Iterable[SourceItem], batch_size: int) -> Iterator[Batch]:
-    """Consecutive items, at most `batch_size` and ~MAX_BATCH_BYTES of JSON a batch."""
-    current: list[SourceItem] = []
-    size = 0
-    number = 0
-    for item in items:
-        # Image payloads are small; texts dominate the size.
-        item_size = len(json.dumps(item.payload(), ensure_ascii=False).encode()) + 2
-        if current and (len(current) >= batch_size or size + item_size > MAX_BATCH_BYTES):
-            yield Batch(number, current)
-            number += 1
-            current, size = [], 0
-        current.append(item)
-        size += item_size
-    if current:
-        yield Batch(number, current)
-
-
-# -- the run --------------------------------------------------------------------------------
 
 
 class _Fatal(Exception):

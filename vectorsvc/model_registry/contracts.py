@@ -1,7 +1,7 @@
 """Mode contracts: the JSON Schema of a run's `input` and `params`, per model and mode.
 
 The schemas live in `models.yaml` (JSON Schema 2020-12) and are checked when the registry
-loads. `validate_run_contract` turns the first violation into a `ValidationFailed` whose
+loads. `ModeContract.check` turns the first violation into a `ValidationFailed` whose
 `field` is the JSON path (`input.items[2].text`, `params.top_k`) and whose message says what
 is allowed. A schema may carry `x-error`: the message used when one of its composite rules
 (`oneOf`, `anyOf`, `pattern`, `propertyNames`) fails, where a generic one would be cryptic.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -20,10 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from vectorsvc.errors import ValidationFailed
 
-if TYPE_CHECKING:
-    from vectorsvc.models.registry import ModelSpec
-
-EXAMPLE_SCOPE = "playground"
 MAX_REPORTED_ERRORS = 20
 _COMPOSITE_RULES = frozenset({"oneOf", "anyOf", "allOf", "not"})
 _CUSTOM_MESSAGE_RULES = _COMPOSITE_RULES | {"pattern"}
@@ -82,46 +78,29 @@ class ModeContract(BaseModel):
         found.sort(key=lambda v: v.sort_key)
         return found
 
+    def check(self, input: Any, params: Any) -> None:
+        """Raise `ValidationFailed` naming the first field of `input`/`params` that breaks
+        this contract, with the first few violations listed in its details."""
+        found = self.violations(input, params)
+        if not found:
+            return
+        first = found[0]
+        raise ValidationFailed(
+            first.message,
+            field=first.field,
+            details={
+                "errors": [{"field": v.field, "message": v.message} for v in found][
+                    :MAX_REPORTED_ERRORS
+                ]
+            },
+        )
+
 
 @dataclass(frozen=True)
 class Violation:
     field: str
     message: str
     sort_key: tuple[tuple[int, int | str], ...]
-
-
-def validate_run_contract(
-    spec: ModelSpec, mode: str, input: dict[str, Any], params: dict[str, Any]
-) -> None:
-    """Raise `ValidationFailed` naming the first field of `input`/`params` that breaks the
-    model's contract for `mode`. The mode must be one of the model's modes."""
-    spec.require_mode(mode)
-    found = spec.contracts[mode].violations(input, params)  # type: ignore[index]
-    if not found:
-        return
-    first = found[0]
-    raise ValidationFailed(
-        first.message,
-        field=first.field,
-        details={
-            "errors": [{"field": v.field, "message": v.message} for v in found][
-                :MAX_REPORTED_ERRORS
-            ]
-        },
-    )
-
-
-def example_request(spec: ModelSpec, mode: str) -> dict[str, Any]:
-    """The full `POST /api/runs` body of the mode's example."""
-    from vectorsvc.models.registry import VECTOR_MODES
-
-    example = spec.contracts[mode].example  # type: ignore[index]
-    body: dict[str, Any] = {"model": spec.slug, "mode": mode}
-    if mode in VECTOR_MODES:
-        body["scope"] = EXAMPLE_SCOPE
-    body["input"] = example.input
-    body["params"] = example.params
-    return body
 
 
 def _join(prefix: str, parts: Iterable[str | int]) -> str:

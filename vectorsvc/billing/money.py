@@ -1,4 +1,4 @@
-"""Prices as data and money as integers.
+"""Money as integers: micro-credits, and the exact decimal strings the API shows.
 
 Money is counted in integer micro-credits (1 credit = 1,000,000 micro-credits) so that sums
 are exact; a float never holds money. The public API shows credits as exact decimal strings.
@@ -7,41 +7,9 @@ are exact; a float never holds money. The public API shows credits as exact deci
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
-
-PriceUnit = Literal["item", "query", "request"]
-PRICE_UNITS: tuple[str, ...] = get_args(PriceUnit)
 MICRO_CREDITS_PER_CREDIT = 1_000_000
 _CREDIT_DECIMALS = 6
-
-
-class ModePrice(BaseModel):
-    """What one unit of a mode costs: `unit` names the usage counter the price multiplies."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    unit: PriceUnit
-    micro_credits_per_unit: int = Field(ge=0)
-
-
-class Usage(BaseModel):
-    """What one run consumed: items embedded, queries served, and the run itself."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    items: int = Field(default=0, ge=0)
-    queries: int = Field(default=0, ge=0)
-    # Every run is one request; only prices with unit `request` read it.
-    requests: int = Field(default=1, ge=0)
-
-    def units(self, unit: PriceUnit) -> int:
-        if unit == "item":
-            return self.items
-        if unit == "query":
-            return self.queries
-        return self.requests
 
 
 def format_credits(micro_credits: int) -> str:

@@ -1,4 +1,8 @@
-"""The model registry: published models as data (`models.yaml`), looked up by slug."""
+"""The model registry: published models as data (`models.yaml`), looked up by slug.
+
+Each model carries, per mode, its contract (`contracts.ModeContract`) and its price
+(`pricing.ModePrice`); `validate_run_contract` and `example_request` read them for one mode.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vectorsvc.errors import NotFound, ValidationFailed
-from vectorsvc.models.contracts import ModeContract
-from vectorsvc.models.pricing import ModePrice
+from vectorsvc.model_registry.contracts import ModeContract
+from vectorsvc.model_registry.pricing import ModePrice
 
 Mode = Literal["execute", "index", "search", "delete"]
 Modality = Literal["text", "image"]
 VECTOR_MODES: frozenset[str] = frozenset({"index", "search", "delete"})
 DEFAULT_REGISTRY = Path(__file__).with_name("models.yaml")
+# The scope of the examples the marketplace publishes for the vector modes.
+EXAMPLE_SCOPE = "playground"
 
 
 class EmbedderRef(BaseModel):
@@ -106,3 +112,23 @@ class ModelRegistry:
                 field="model",
                 code="model_not_found",
             ) from None
+
+
+def validate_run_contract(
+    spec: ModelSpec, mode: str, input: dict[str, Any], params: dict[str, Any]
+) -> None:
+    """Raise `ValidationFailed` naming the first field of `input`/`params` that breaks the
+    model's contract for `mode`. The mode must be one of the model's modes."""
+    spec.require_mode(mode)
+    spec.contracts[mode].check(input, params)  # type: ignore[index]
+
+
+def example_request(spec: ModelSpec, mode: str) -> dict[str, Any]:
+    """The full `POST /api/runs` body of the mode's example."""
+    example = spec.contracts[mode].example  # type: ignore[index]
+    body: dict[str, Any] = {"model": spec.slug, "mode": mode}
+    if mode in VECTOR_MODES:
+        body["scope"] = EXAMPLE_SCOPE
+    body["input"] = example.input
+    body["params"] = example.params
+    return body
