@@ -15,7 +15,7 @@ import uvicorn
 from PIL import Image
 
 from embedders.base import Embedder
-from tests.conftest import Service
+from tests.harness import Service
 from vectorsvc.app import create_app
 from vectorsvc.config import Settings
 from vectorsvc.model_registry.registry import ModelSpec

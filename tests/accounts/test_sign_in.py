@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from vectorsvc.accounts.service import create_user
 from vectorsvc.db.tables import User, UserSession
 from vectorsvc.model_registry.registry import ModelSpec

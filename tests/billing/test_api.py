@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from tests.conftest import Service
+from tests.harness import Service
 from vectorsvc.billing import service as billing
 from vectorsvc.db.tables import UsageRecord
 from vectorsvc.model_registry.pricing import Usage

@@ -13,7 +13,7 @@ import pytest
 
 from embedders.base import Embedder
 from tests.billing.test_ledger import assert_ledger_consistent, usage_cost
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from vectorsvc.billing import service as billing
 from vectorsvc.config import Settings
 from vectorsvc.model_registry.registry import ModelSpec

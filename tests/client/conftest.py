@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from embedders.base import Embedder
-from tests.conftest import make_settings
+from tests.harness import make_settings
 from tests.helpers import uvicorn_in_thread
 from vectorsvc.auth.keys import create_api_key
 from vectorsvc.config import Settings
@@ -77,7 +77,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def scifact_docs() -> list[dict[str, str]]:
     """The first SciFact documents as {id, title, text} (title + " " + text as text)."""
-    from tests.conftest import SCIFACT_DIR
+    from tests.harness import SCIFACT_DIR
 
     corpus = SCIFACT_DIR / "corpus.jsonl.gz"
     if not corpus.exists():

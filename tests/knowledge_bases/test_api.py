@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Service
+from tests.harness import Service
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from embedders.base import Embedder, WeightsUnavailable
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from vectorsvc.model_registry.registry import ModelRegistry, ModelSpec
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import Service, make_settings
+from tests.harness import Service, make_settings
 from tests.helpers import Uploader
 from vectorsvc.config import Settings
 from vectorsvc.media.service import MediaService

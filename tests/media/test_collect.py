@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import media_service, stored_files, workspace_id
 from vectorsvc.cli import main

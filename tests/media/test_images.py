@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Service
+from tests.harness import Service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import (
     MAX_IMAGE_PIXELS,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.conftest import Service
+from tests.harness import Service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import media_service, workspace_id
 from vectorsvc.errors import NotFound

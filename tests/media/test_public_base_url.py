@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
-from tests.conftest import Service, make_settings
+from tests.harness import Service, make_settings
 from tests.helpers import Uploader, encode
 from vectorsvc.config import Settings
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import update
 
-from tests.conftest import Service, make_settings
+from tests.harness import Service, make_settings
 from tests.helpers import Uploader, encode
 from tests.media.conftest import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
 from vectorsvc.config import Settings

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from tests.conftest import Service
+from tests.harness import Service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import stored_files
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import update
 
-from tests.conftest import Service
+from tests.harness import Service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import MAX_UPLOAD_BYTES, stored_files
 from vectorsvc.config import Settings

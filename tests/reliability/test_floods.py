@@ -25,7 +25,7 @@ from sqlalchemy import update
 from starlette.requests import Request
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from vectorsvc.accounts.service import create_user
 from vectorsvc.auth.throttle import AuthThrottle, client_address
 from vectorsvc.config import Settings

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from embedders.base import Embedder
-from tests.conftest import make_settings
+from tests.harness import make_settings
 from vectorsvc.app import create_app
 from vectorsvc.auth.keys import create_api_key
 from vectorsvc.db.database import Database

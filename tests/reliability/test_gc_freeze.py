@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from embedders.base import Embedder
-from tests.conftest import make_settings, running_service
+from tests.harness import make_settings, running_service
 from vectorsvc.model_registry.registry import ModelSpec
 
 pytestmark = pytest.mark.anyio

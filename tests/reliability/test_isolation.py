@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import Service
+from tests.harness import Service
 from tests.helpers import Uploader, encode
 
 pytestmark = pytest.mark.anyio

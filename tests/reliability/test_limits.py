@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from tests.helpers import Uploader, chunks
 from vectorsvc.model_registry.registry import ModelSpec
 

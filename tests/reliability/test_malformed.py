@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from fastapi.routing import APIRoute
 
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from tests.runs.test_background import submit, wait_for
 from vectorsvc.json_body import JSONRoute
 from vectorsvc.knowledge_bases import catalog

@@ -25,7 +25,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from embedders.base import Embedder
-from tests.conftest import make_settings
+from tests.harness import make_settings
 from vectorsvc.app import create_app
 from vectorsvc.auth.keys import create_api_key
 from vectorsvc.db.database import Database

@@ -23,7 +23,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from tests.helpers import Uploader, encode
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.observability import JsonFormatter

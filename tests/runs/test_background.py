@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from vectorsvc.db.tables import UsageRecord
 from vectorsvc.model_registry.registry import ModelSpec
 

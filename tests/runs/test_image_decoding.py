@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from tests.helpers import Uploader, encode
 from vectorsvc.media.content import load_rgb
 from vectorsvc.media.objects import MediaObject

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from tests.runs.test_background import finished, submit, wait_for
 from vectorsvc import namespaces
 from vectorsvc.billing import service as billing

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from tests.runs.test_background import finished, wait_for
 from tests.runs.test_paid_writes import (
     MODEL,

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from embedders.base import Embedder
-from tests.conftest import Service, make_settings, running_service
+from tests.harness import Service, make_settings, running_service
 from vectorsvc.config import Settings
 from vectorsvc.model_registry.registry import ModelSpec
 

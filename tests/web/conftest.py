@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from embedders.base import Embedder
-from tests.conftest import make_settings
+from tests.harness import make_settings
 from tests.helpers import uvicorn_in_thread
 from vectorsvc.accounts.service import create_user
 from vectorsvc.auth.keys import create_api_key

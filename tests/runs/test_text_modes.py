@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embedders.base import Embedder
-from tests.conftest import Service, running_service
+from tests.harness import Service, running_service
 from vectorsvc.config import Settings
 from vectorsvc.model_registry.registry import ModelSpec
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.conftest import Service
+from tests.harness import Service
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.model_registry.registry import ModelRegistry, example_request, validate_run_contract
 
