@@ -22,7 +22,6 @@ from vectorsvc.auth.throttle import AuthThrottle
 from vectorsvc.billing.endpoints import router as billing_router
 from vectorsvc.billing.funds import Funds
 from vectorsvc.billing.service import opening_micro_credits
-from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.embedding import (
@@ -40,6 +39,7 @@ from vectorsvc.media.endpoints import router as media_router
 from vectorsvc.media.service import MediaService
 from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.observability import Metrics, ObservabilityMiddleware
+from vectorsvc.points.collections import CollectionManager
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.endpoints import router as runs_router
 from vectorsvc.runs.intents import reconcile_pending

@@ -11,13 +11,13 @@ from vectorsvc.auth.keys import ApiKeyCache
 from vectorsvc.auth.throttle import AuthThrottle
 from vectorsvc.auth.tokens import AccessTokenVerifier
 from vectorsvc.billing.funds import Funds
-from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.embedding import EmbeddingService
 from vectorsvc.limits import RateLimiter
 from vectorsvc.media.service import MediaService
 from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.points.collections import CollectionManager
 from vectorsvc.vectorstore.base import VectorStore
 
 if TYPE_CHECKING:

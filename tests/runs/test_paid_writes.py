@@ -20,11 +20,11 @@ from sqlalchemy import func, select
 from embedders.base import Embedder
 from tests.conftest import Service, make_settings, running_service
 from tests.runs.test_background import finished, submit, wait_for
-from vectorsvc import namespaces
 from vectorsvc.billing import service as billing
 from vectorsvc.db.models import UsageRecord
 from vectorsvc.models.pricing import Usage
 from vectorsvc.models.registry import ModelSpec
+from vectorsvc.points import namespaces
 from vectorsvc.vectorstore.base import PointRecord, VectorStore
 from vectorsvc.workspaces.service import find_workspace
 

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from vectorsvc import namespaces
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES, NotFound
 from vectorsvc.json_body import JSONRoute
@@ -18,6 +17,7 @@ from vectorsvc.knowledge_bases.schemas import (
     ItemsPublic,
     KnowledgeBasesPublic,
 )
+from vectorsvc.points import namespaces
 from vectorsvc.state import StateDep
 
 router = APIRouter(

@@ -14,9 +14,8 @@ from typing import Any
 
 import anyio
 
-from vectorsvc import json_body, namespaces
+from vectorsvc import json_body
 from vectorsvc.errors import NotFound, ValidationFailed
-from vectorsvc.knowledge_bases import catalog
 from vectorsvc.knowledge_bases.schemas import (
     DeleteResult,
     ItemPublic,
@@ -24,7 +23,8 @@ from vectorsvc.knowledge_bases.schemas import (
     KnowledgeBasePublic,
     KnowledgeBasesPublic,
 )
-from vectorsvc.namespaces import Namespace
+from vectorsvc.points import catalog, namespaces
+from vectorsvc.points.namespaces import Namespace
 from vectorsvc.runs.inputs import parse_metadata_filter
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord

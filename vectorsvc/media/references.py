@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vectorsvc import namespaces
 from vectorsvc.models.registry import ModelRegistry
+from vectorsvc.points import namespaces
 from vectorsvc.vectorstore.base import Filter, MatchValue, VectorStore
 
 # Bounds on what one refused delete lists: scopes per model, and item ids per scope.

@@ -28,14 +28,14 @@ from pydantic import ValidationError
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
-from vectorsvc import namespaces
 from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.service import InsufficientFunds, quote
 from vectorsvc.db.models import BackgroundRun
 from vectorsvc.errors import Conflict, NotFound, ServiceError, ValidationFailed
 from vectorsvc.models.pricing import Usage, format_credits
 from vectorsvc.models.registry import ModelSpec
-from vectorsvc.namespaces import Namespace
+from vectorsvc.points import namespaces
+from vectorsvc.points.namespaces import Namespace
 from vectorsvc.runs.content import (
     ImageContent,
     Prepared,

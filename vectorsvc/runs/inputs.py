@@ -21,7 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from vectorsvc.config import Settings
 from vectorsvc.errors import ValidationFailed
-from vectorsvc.namespaces import METADATA_FIELD
+from vectorsvc.points.namespaces import METADATA_FIELD
 from vectorsvc.vectorstore.base import Condition, Filter, MatchAny, MatchValue, Range
 
 METADATA_KEY_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")

@@ -29,13 +29,12 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from vectorsvc import namespaces
 from vectorsvc.billing.service import InsufficientFunds, charge, opening_micro_credits
 from vectorsvc.db.models import BackgroundRun, PendingWrite
 from vectorsvc.errors import NotFound
-from vectorsvc.knowledge_bases import catalog
 from vectorsvc.models.pricing import Usage
-from vectorsvc.namespaces import Namespace
+from vectorsvc.points import catalog, namespaces
+from vectorsvc.points.namespaces import Namespace
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import HasIds
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.models.registry import VECTOR_MODES
-from vectorsvc.namespaces import validate_scope
+from vectorsvc.points.namespaces import validate_scope
 
 TOP_LEVEL_FIELDS = ("model", "mode", "scope", "input", "params", "options")
 ROUTING_FIELDS = ("resources", "alias", "collection", "namespace")

@@ -17,15 +17,14 @@ from typing import Any
 
 import anyio
 
-from vectorsvc import namespaces
 from vectorsvc.billing.service import PendingCharge, quote
 from vectorsvc.errors import ValidationFailed
-from vectorsvc.knowledge_bases import catalog
 from vectorsvc.knowledge_bases.service import thumbnail_url
 from vectorsvc.models.contracts import validate_run_contract
 from vectorsvc.models.pricing import Usage, format_credits
 from vectorsvc.models.registry import ModelSpec
-from vectorsvc.namespaces import Namespace
+from vectorsvc.points import catalog, namespaces
+from vectorsvc.points.namespaces import Namespace
 from vectorsvc.runs.content import (
     Content,
     ImageContent,

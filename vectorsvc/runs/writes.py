@@ -25,13 +25,12 @@ from typing import Any
 import anyio
 from sqlalchemy.orm import Session
 
-from vectorsvc import namespaces
 from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.service import charge, opening_micro_credits, quote
-from vectorsvc.knowledge_bases import catalog
 from vectorsvc.models.pricing import Usage
 from vectorsvc.models.registry import ModelSpec
-from vectorsvc.namespaces import Namespace
+from vectorsvc.points import catalog, namespaces
+from vectorsvc.points.namespaces import Namespace
 from vectorsvc.runs import intents
 from vectorsvc.runs.intents import ChunkProgress, WriteIntent
 from vectorsvc.state import AppState
