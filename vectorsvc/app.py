@@ -34,6 +34,7 @@ from vectorsvc.errors import ERROR_RESPONSES, install_error_handlers
 from vectorsvc.health import router as health_router
 from vectorsvc.knowledge_bases.endpoints import router as knowledge_bases_router
 from vectorsvc.limits import BodySizeLimitMiddleware, RateLimiter
+from vectorsvc.locks import WorkspaceLocks
 from vectorsvc.marketplace.endpoints import router as marketplace_router
 from vectorsvc.media.endpoints import router as media_router
 from vectorsvc.media.service import MediaService
@@ -43,7 +44,6 @@ from vectorsvc.points.collections import CollectionManager
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.endpoints import router as runs_router
 from vectorsvc.runs.intents import reconcile_pending
-from vectorsvc.runs.writes import WorkspaceLocks
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore import VectorStore, open_configured_store
 from vectorsvc.web import install_web

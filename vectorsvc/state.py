@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -15,13 +15,11 @@ from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.embedding import EmbeddingService
 from vectorsvc.limits import RateLimiter
+from vectorsvc.locks import WorkspaceLocks
 from vectorsvc.media.service import MediaService
 from vectorsvc.models.registry import ModelRegistry
 from vectorsvc.points.collections import CollectionManager
 from vectorsvc.vectorstore.base import VectorStore
-
-if TYPE_CHECKING:
-    from vectorsvc.runs.writes import WorkspaceLocks
 
 
 @dataclass

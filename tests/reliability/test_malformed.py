@@ -20,7 +20,7 @@ from tests.runs.test_background import submit, wait_for
 from vectorsvc.json_body import JSONRoute
 from vectorsvc.points import catalog
 from vectorsvc.points.namespaces import resolve
-from vectorsvc.runs.writes import point_payload
+from vectorsvc.points.payload import point_payload
 from vectorsvc.vectorstore.base import PointRecord
 
 pytestmark = pytest.mark.anyio

@@ -24,8 +24,10 @@ from vectorsvc.knowledge_bases.schemas import (
     KnowledgeBasesPublic,
 )
 from vectorsvc.points import catalog, namespaces
+from vectorsvc.points.metadata import parse_metadata_filter
 from vectorsvc.points.namespaces import Namespace
-from vectorsvc.runs.inputs import parse_metadata_filter
+from vectorsvc.points.payload import read_payload
+from vectorsvc.points.store import delete_and_recount
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord
 
@@ -134,28 +136,16 @@ def _require_known(state: AppState, ns: Namespace) -> None:
 
 
 def item_public(record: PointRecord) -> ItemPublic:
-    """The item as the API shows it; a field of the wrong type (a stand-in for an unreadable
-    payload lacks most) is shown empty rather than failing the page."""
-    payload = record.payload
-    text = payload.get(namespaces.TEXT_FIELD)
-    media_ref = _str_or_none(payload.get(namespaces.MEDIA_REF_FIELD))
-    metadata = payload.get(namespaces.METADATA_FIELD)
+    """The item as the API shows it (a field of an unexpected type shows as empty)."""
+    item = read_payload(record.payload)
     return ItemPublic(
-        id=str(payload.get(namespaces.ID_FIELD)),
-        text_snippet=text[:SNIPPET_CHARS] if isinstance(text, str) else None,
-        media_ref=media_ref,
-        thumbnail_url=thumbnail_url(media_ref),
-        metadata=metadata if isinstance(metadata, dict) else {},
-        indexed_at=_str_or_none(payload.get(namespaces.INDEXED_AT_FIELD)),
+        id=str(item.item_id),
+        text_snippet=item.text[:SNIPPET_CHARS] if isinstance(item.text, str) else None,
+        media_ref=item.media_ref,
+        thumbnail_url=item.thumbnail_url,
+        metadata=item.metadata,
+        indexed_at=item.indexed_at,
     )
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def thumbnail_url(media_ref: object) -> str | None:
-    return f"/api/media/{media_ref}/thumbnail" if isinstance(media_ref, str) else None
 
 
 async def list_items(
@@ -216,9 +206,7 @@ async def delete_matching(
         if dry_run:
             count = state.store.count(ns.collection, filter=flt)
             return DeleteResult(dry_run=True, count=count, deleted=0)
-        deleted = state.store.delete(ns.collection, filter=flt)
-        remaining = state.store.count(ns.collection, filter=ns.tenant_filter)
-        catalog.record_count(state.db, ns=ns, point_count=remaining)
+        deleted = delete_and_recount(state.store, state.db, ns=ns, flt=flt, heal=True)
         return DeleteResult(dry_run=False, count=deleted, deleted=deleted)
 
     return await anyio.to_thread.run_sync(_delete)

@@ -32,6 +32,7 @@ from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.service import InsufficientFunds, quote
 from vectorsvc.db.models import BackgroundRun
 from vectorsvc.errors import Conflict, NotFound, ServiceError, ValidationFailed
+from vectorsvc.locks import WorkspaceLocks
 from vectorsvc.models.pricing import Usage, format_credits
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.points import namespaces
@@ -61,7 +62,7 @@ from vectorsvc.runs.service import (
     plan_index,
     run_context,
 )
-from vectorsvc.runs.writes import WorkspaceLocks, write_and_charge
+from vectorsvc.runs.writes import write_and_charge
 from vectorsvc.state import AppState
 
 logger = logging.getLogger(__name__)

@@ -13,12 +13,10 @@ one full-resolution decode; a synchronous run's images are capped in pixels up f
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import numpy as np
@@ -60,17 +58,6 @@ class Prepared:
         if isinstance(content, TextContent):
             return "text:" + content.text
         return "image:" + self.media[content.media_ref].sha256
-
-
-def content_hash(model: ModelSpec, fingerprint: str, metadata: dict[str, Any]) -> str:
-    """Unchanged hash = unchanged point: same model release, content and metadata."""
-    canonical = json.dumps(
-        {"model": model.slug, "release": model.release, "content": fingerprint, "meta": metadata},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def check_content(state: AppState, model: ModelSpec, content: Content) -> None:

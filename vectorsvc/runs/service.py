@@ -19,18 +19,19 @@ import anyio
 
 from vectorsvc.billing.service import PendingCharge, quote
 from vectorsvc.errors import ValidationFailed
-from vectorsvc.knowledge_bases.service import thumbnail_url
 from vectorsvc.models.contracts import validate_run_contract
 from vectorsvc.models.pricing import Usage, format_credits
 from vectorsvc.models.registry import ModelSpec
-from vectorsvc.points import catalog, namespaces
+from vectorsvc.points import namespaces
+from vectorsvc.points.metadata import parse_metadata_filter
 from vectorsvc.points.namespaces import Namespace
+from vectorsvc.points.payload import content_hash, hit_public, point_payload
+from vectorsvc.points.store import delete_and_recount, stored_points
 from vectorsvc.runs.content import (
     Content,
     ImageContent,
     Prepared,
     TextContent,
-    content_hash,
     embed_contents,
     embed_prepared,
     prepare,
@@ -46,16 +47,10 @@ from vectorsvc.runs.inputs import (
     MetadataLimits,
     SearchInput,
     SearchParams,
-    parse_metadata_filter,
     validate_part,
 )
 from vectorsvc.runs.schemas import RunRequest, RunResponse, RunUsage
-from vectorsvc.runs.writes import (
-    charge_run,
-    point_payload,
-    stored_points,
-    write_and_charge,
-)
+from vectorsvc.runs.writes import charge_run, write_and_charge
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord, ScoredPoint, Vector
 
@@ -268,7 +263,7 @@ def plan_index(
     hashes = [
         content_hash(model, prepared.fingerprint(i), item.metadata) for i, item in enumerate(items)
     ]
-    stored = stored_points(state, ns, [ns.point_id(items[i].id) for i in candidates])
+    stored = stored_points(state.store, ns, [ns.point_id(items[i].id) for i in candidates])
     to_embed: list[int] = []
     skipped: list[int] = []
     already: list[int] = []
@@ -418,23 +413,6 @@ async def _search(ctx: RunContext) -> Output:
     )
 
 
-def hit_public(hit: ScoredPoint) -> dict[str, Any]:
-    payload = hit.payload
-    metadata = payload.get(namespaces.METADATA_FIELD)
-    out: dict[str, Any] = {
-        "id": payload.get(namespaces.ID_FIELD),
-        "score": hit.score,
-        "text": payload.get(namespaces.TEXT_FIELD),
-        # A stand-in for an unreadable payload has none; no stored type fails the answer.
-        "metadata": metadata if isinstance(metadata, dict) else {},
-    }
-    media_ref = payload.get(namespaces.MEDIA_REF_FIELD)
-    if isinstance(media_ref, str):
-        out["media_ref"] = media_ref
-        out["thumbnail_url"] = thumbnail_url(media_ref)
-    return out
-
-
 def _query(
     state: AppState, model: ModelSpec, ns: Namespace, vector: Vector, flt: Filter, limit: int
 ) -> list[ScoredPoint]:
@@ -470,11 +448,7 @@ async def _delete(ctx: RunContext) -> Output:
     def _run() -> int:
         if not state.collections.exists(ctx.model):
             return 0
-        deleted = state.store.delete(ns.collection, filter=flt)
-        if deleted:
-            remaining = state.store.count(ns.collection, filter=ns.tenant_filter)
-            catalog.record_count(state.db, ns=ns, point_count=remaining)
-        return deleted
+        return delete_and_recount(state.store, state.db, ns=ns, flt=flt)
 
     deleted = await anyio.to_thread.run_sync(_run)
     cost = await _charge(ctx, Usage(items=deleted))
