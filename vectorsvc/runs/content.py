@@ -115,6 +115,32 @@ async def prepare(
     return Prepared(contents=list(contents), media=media)
 
 
+async def prepare_each(
+    state: AppState, *, model: ModelSpec, workspace_id: str, contents: Sequence[Content]
+) -> tuple[Prepared, list[int], dict[int, ServiceError]]:
+    """Check each content and resolve its media on its own (a background run: a bad item
+    fails alone). The prepared contents are those that passed; the second value gives their
+    indexes in `contents`, the third each other's problem."""
+
+    def _check() -> tuple[dict[str, MediaObject], list[int], dict[int, ServiceError]]:
+        known: dict[str, MediaObject] = {}
+        ok: list[int] = []
+        problems: dict[int, ServiceError] = {}
+        for i, content in enumerate(contents):
+            try:
+                check_content(state, model, content)
+                if isinstance(content, ImageContent):
+                    resolve_media(state, workspace_id=workspace_id, content=content, known=known)
+            except ServiceError as exc:
+                problems[i] = exc
+                continue
+            ok.append(i)
+        return known, ok, problems
+
+    media, ok, problems = await anyio.to_thread.run_sync(_check)
+    return Prepared(contents=[contents[i] for i in ok], media=media), ok, problems
+
+
 # The image models resize an image's shorter side to 224 (CLIP) or 256 (EfficientNet) pixels
 # and look at a centred square of it: decoding at no less than twice that keeps their input
 # (nearly) the same, and the middle of a panorama, 4 times as long as high, holds that square.

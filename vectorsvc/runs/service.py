@@ -1,14 +1,15 @@
-"""Executing runs: one function per mode, keyword-only, no HTTP in here.
+"""Executing runs: the mode dispatcher, one handler per mode, keyword-only, no HTTP in here.
 
 The data path: registry (model spec and contract) -> embedder (vectors, via `content`) ->
-namespaces (collection, tenant key, point ids) -> vector store, then the catalog and the
-wallet (`writes`).
+namespace (`points.namespaces`: collection, tenant key, point ids) -> vector store. Index
+runs go through the index pipeline (`pipeline`: prepare, dedupe, embed, write and charge
+together), as background chunks do (`background`).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,16 +26,13 @@ from vectorsvc.models.registry import ModelSpec
 from vectorsvc.points import namespaces
 from vectorsvc.points.metadata import parse_metadata_filter
 from vectorsvc.points.namespaces import Namespace
-from vectorsvc.points.payload import content_hash, hit_public, point_payload
-from vectorsvc.points.store import delete_and_recount, stored_points
+from vectorsvc.points.payload import hit_public
+from vectorsvc.points.store import delete_and_recount
 from vectorsvc.runs.content import (
     Content,
     ImageContent,
-    Prepared,
     TextContent,
     embed_contents,
-    embed_prepared,
-    prepare,
 )
 from vectorsvc.runs.inputs import (
     DeleteInput,
@@ -42,17 +40,17 @@ from vectorsvc.runs.inputs import (
     ExecuteInput,
     ExecuteParams,
     IndexInput,
-    IndexItem,
     IndexParams,
     MetadataLimits,
     SearchInput,
     SearchParams,
     validate_part,
 )
+from vectorsvc.runs.pipeline import ItemBatch, index_items
 from vectorsvc.runs.schemas import RunRequest, RunResponse, RunUsage
-from vectorsvc.runs.writes import charge_run, write_and_charge
+from vectorsvc.runs.writes import charge_run
 from vectorsvc.state import AppState
-from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord, ScoredPoint, Vector
+from vectorsvc.vectorstore.base import Filter, HasIds, ScoredPoint, Vector
 
 Output = tuple[dict[str, Any], RunUsage]
 
@@ -226,84 +224,6 @@ async def _execute(ctx: RunContext) -> Output:
     )
 
 
-def item_contents(items: Sequence[IndexItem], *, offset: int = 0) -> list[Content]:
-    return [
-        TextContent(item.text, f"input.items[{offset + i}].text")
-        if item.text is not None
-        else ImageContent(_media(item.image), f"input.items[{offset + i}].image")
-        for i, item in enumerate(items)
-    ]
-
-
-def modality_of(items: Sequence[IndexItem]) -> str:
-    kinds = {"text" if item.text is not None else "image" for item in items}
-    return kinds.pop() if len(kinds) == 1 else "mixed"
-
-
-@dataclass(frozen=True)
-class IndexPlan:
-    """Which items of a batch to embed, which are unchanged, which a resumed run wrote."""
-
-    hashes: list[str]
-    to_embed: list[int]
-    skipped: list[int]
-    already_written: list[int]  # stored by this same run before a restart: bill, don't embed
-
-
-def plan_index(
-    state: AppState,
-    model: ModelSpec,
-    ns: Namespace,
-    items: Sequence[IndexItem],
-    prepared: Prepared,
-    run_id: str,
-    candidates: Sequence[int],
-) -> IndexPlan:
-    """Content-hash dedupe against what the namespace holds (blocking)."""
-    hashes = [
-        content_hash(model, prepared.fingerprint(i), item.metadata) for i, item in enumerate(items)
-    ]
-    stored = stored_points(state.store, ns, [ns.point_id(items[i].id) for i in candidates])
-    to_embed: list[int] = []
-    skipped: list[int] = []
-    already: list[int] = []
-    for i in candidates:
-        existing = stored.get(ns.point_id(items[i].id))
-        if existing is not None and existing.content_hash == hashes[i]:
-            (already if existing.run_id == run_id else skipped).append(i)
-        else:
-            to_embed.append(i)
-    return IndexPlan(hashes=hashes, to_embed=to_embed, skipped=skipped, already_written=already)
-
-
-def build_points(
-    ns: Namespace,
-    items: Sequence[IndexItem],
-    plan: IndexPlan,
-    indexes: Sequence[int],
-    vectors: Any,
-    run_id: str,
-) -> list[PointRecord]:
-    now = datetime.now(UTC).isoformat()
-    return [
-        PointRecord(
-            id=ns.point_id(items[i].id),
-            vector=vectors[row],
-            payload=point_payload(
-                ns,
-                item_id=items[i].id,
-                text=items[i].text,
-                media_ref=_media(items[i].image) if items[i].image is not None else None,
-                metadata=items[i].metadata,
-                content_hash=plan.hashes[i],
-                run_id=run_id,
-                indexed_at=now,
-            ),
-        )
-        for row, i in enumerate(indexes)
-    ]
-
-
 async def _index(ctx: RunContext) -> Output:
     ns = ctx.ns
     state = ctx.state
@@ -321,47 +241,29 @@ async def _index(ctx: RunContext) -> Output:
             )
         seen.add(item.id)
     await _precheck(ctx, Usage(items=len(items)))
-    prepared = await prepare(
-        state, model=ctx.model, workspace_id=ctx.workspace_id, contents=item_contents(items)
-    )
-    plan = await anyio.to_thread.run_sync(
-        partial(plan_index, state, ctx.model, ns, items, prepared, ctx.run_id, range(len(items)))
-    )
-    vectors, failures = await embed_prepared(
-        state,
-        model=ctx.model,
-        prepared=prepared,
-        indexes=plan.to_embed,
-        purpose="document",
-        max_decoded_pixels=state.settings.max_decoded_pixels_per_run,
-    )
-    if failures:
-        raise failures[min(failures)]
-    points = build_points(ns, items, plan, plan.to_embed, vectors, ctx.run_id)
-    result = await write_and_charge(
+    result = await index_items(
         state,
         model=ctx.model,
         ns=ns,
-        points=points,
-        modality=modality_of(items),
-        run_key=ctx.run_id,
-        writer=ctx.run_id,
-        billable=len(points),
+        batch=ItemBatch(list(items), list(range(len(items)))),
+        run_id=ctx.run_id,
+        strict=True,
+        max_decoded_pixels=state.settings.max_decoded_pixels_per_run,
     )
     return (
         {
             "ids": [item.id for item in items],
             "counts": {
                 "received": len(items),
-                "indexed": len(points),
+                "indexed": result.written,
                 "created": result.created,
-                "updated": len(points) - result.created,
-                "skipped": len(plan.skipped),
+                "updated": result.written - result.created,
+                "skipped": result.skipped,
             },
             "collection": ns.collection,
             "scope": ns.scope,
         },
-        RunUsage(items=len(points), skipped=len(plan.skipped), cost=format_credits(result.cost)),
+        RunUsage(items=result.written, skipped=result.skipped, cost=format_credits(result.cost)),
     )
 
 
