@@ -32,11 +32,11 @@ from vectorsvc.db.models import BackgroundRun, PendingWrite
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.runs import writes
 from vectorsvc.runs.content import embed_prepared, prepare
+from vectorsvc.runs.gate import run_context
 from vectorsvc.runs.inputs import IndexItem
 from vectorsvc.runs.intents import ChunkProgress, WriteIntent
 from vectorsvc.runs.pipeline import build_points, item_contents, plan_index
 from vectorsvc.runs.schemas import RunRequest
-from vectorsvc.runs.service import run_context
 
 pytestmark = pytest.mark.anyio
 

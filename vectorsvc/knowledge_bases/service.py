@@ -25,7 +25,7 @@ from vectorsvc.knowledge_bases.schemas import (
 )
 from vectorsvc.points import catalog, namespaces
 from vectorsvc.points.metadata import parse_metadata_filter
-from vectorsvc.points.namespaces import Namespace
+from vectorsvc.points.namespaces import Namespace, Scope
 from vectorsvc.points.payload import read_payload
 from vectorsvc.points.store import delete_and_recount
 from vectorsvc.state import AppState
@@ -117,7 +117,7 @@ def list_knowledge_bases(
     return KnowledgeBasesPublic(data=data, count=total, next_cursor=next_cursor)
 
 
-def _namespace(state: AppState, *, workspace_id: str, model: str, scope: str) -> Namespace:
+def _namespace(state: AppState, *, workspace_id: str, model: str, scope: Scope) -> Namespace:
     spec = state.registry.get(model)
     return namespaces.resolve(workspace_id=workspace_id, model=spec, scope=scope)
 
@@ -149,7 +149,7 @@ def item_public(record: PointRecord) -> ItemPublic:
 
 
 async def list_items(
-    state: AppState, *, workspace_id: str, model: str, scope: str, cursor: str | None, limit: int
+    state: AppState, *, workspace_id: str, model: str, scope: Scope, cursor: str | None, limit: int
 ) -> ItemsPublic:
     ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
     offset = _decode_scroll_cursor(cursor) if cursor else None
@@ -168,7 +168,7 @@ async def list_items(
 
 
 async def get_item(
-    state: AppState, *, workspace_id: str, model: str, scope: str, item_id: str
+    state: AppState, *, workspace_id: str, model: str, scope: Scope, item_id: str
 ) -> ItemPublic:
     ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
 
@@ -193,7 +193,7 @@ async def delete_matching(
     *,
     workspace_id: str,
     model: str,
-    scope: str,
+    scope: Scope,
     extra: Filter | None,
     dry_run: bool,
 ) -> DeleteResult:

@@ -73,6 +73,23 @@ class ModeContract(BaseModel):
         self._input_validator = Draft202012Validator(self.input)
         self._params_validator = Draft202012Validator(self.params)
 
+    def check(self, input: Any, params: Any) -> None:
+        """Raise `ValidationFailed` naming the first field of `input`/`params` that breaks
+        this contract."""
+        found = self.violations(input, params)
+        if not found:
+            return
+        first = found[0]
+        raise ValidationFailed(
+            first.message,
+            field=first.field,
+            details={
+                "errors": [{"field": v.field, "message": v.message} for v in found][
+                    :MAX_REPORTED_ERRORS
+                ]
+            },
+        )
+
     def violations(self, input: Any, params: Any) -> list[Violation]:
         """Every violation of this contract, in document order (input first)."""
         found = [
@@ -96,19 +113,7 @@ def validate_run_contract(
     """Raise `ValidationFailed` naming the first field of `input`/`params` that breaks the
     model's contract for `mode`. The mode must be one of the model's modes."""
     spec.require_mode(mode)
-    found = spec.contracts[mode].violations(input, params)  # type: ignore[index]
-    if not found:
-        return
-    first = found[0]
-    raise ValidationFailed(
-        first.message,
-        field=first.field,
-        details={
-            "errors": [{"field": v.field, "message": v.message} for v in found][
-                :MAX_REPORTED_ERRORS
-            ]
-        },
-    )
+    spec.contracts[mode].check(input, params)  # type: ignore[index]
 
 
 def example_request(spec: ModelSpec, mode: str) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from vectorsvc.models.pricing import Usage, format_credits
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.points import namespaces
 from vectorsvc.points.namespaces import Namespace
+from vectorsvc.runs.gate import run_context
 from vectorsvc.runs.inputs import MetadataLimits
 from vectorsvc.runs.pipeline import index_items, parse_items
 from vectorsvc.runs.scheduling import FairQueue
@@ -46,7 +47,6 @@ from vectorsvc.runs.schemas import (
     RunTimings,
     RunUsage,
 )
-from vectorsvc.runs.service import run_context
 from vectorsvc.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -482,7 +482,9 @@ class BackgroundRuns:
         with open(path, encoding="utf-8") as fh:
             raw_items: list[Any] = json.load(fh)
         model = state.registry.get(run.model)
-        ns = namespaces.resolve(workspace_id=run.workspace_id, model=model, scope=run.scope)
+        ns = namespaces.resolve(  # the scope was checked when the run was submitted
+            workspace_id=run.workspace_id, model=model, scope=namespaces.Scope(run.scope)
+        )
         if seen is None:
             # Ids seen before the resume point, so duplicates stay duplicates after a restart.
             seen = {str(it.get("id")) for it in raw_items[: run.next_index] if isinstance(it, dict)}

@@ -27,6 +27,7 @@ from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.media.content import TRIM_AFTER_PIXELS, release_freed_memory
 from vectorsvc.media.service import MediaObject
 from vectorsvc.models.registry import ModelSpec
+from vectorsvc.runs.gate import require_modality
 from vectorsvc.state import AppState
 
 
@@ -60,16 +61,11 @@ class Prepared:
         return "image:" + self.media[content.media_ref].sha256
 
 
+def modality_of(content: Content) -> str:
+    return "text" if isinstance(content, TextContent) else "image"
+
+
 def check_content(state: AppState, model: ModelSpec, content: Content) -> None:
-    modality = "text" if isinstance(content, TextContent) else "image"
-    if modality not in model.modalities:
-        raise ValidationFailed(
-            f"{content.field}: model {model.slug!r} does not take {modality} inputs; it takes "
-            f"{', '.join(model.modalities)}",
-            field=content.field,
-            code="modality_not_supported",
-            details={"allowed": list(model.modalities)},
-        )
     if isinstance(content, TextContent):
         limit = state.settings.max_text_chars
         if not content.text.strip():
@@ -128,6 +124,7 @@ async def prepare_each(
         problems: dict[int, ServiceError] = {}
         for i, content in enumerate(contents):
             try:
+                require_modality(model, modality_of(content), content.field)
                 check_content(state, model, content)
                 if isinstance(content, ImageContent):
                     resolve_media(state, workspace_id=workspace_id, content=content, known=known)

@@ -204,7 +204,9 @@ def reconcile(state: AppState, intent: WriteIntent) -> Reconciled:
 
 def _intent(state: AppState, row: PendingWrite) -> WriteIntent:
     model = state.registry.get(row.model)
-    ns = namespaces.resolve(workspace_id=row.workspace_id, model=model, scope=row.scope)
+    ns = namespaces.resolve(
+        workspace_id=row.workspace_id, model=model, scope=namespaces.Scope(row.scope)
+    )
     # The collection the points were written to, should the model's release have changed.
     ns = dataclasses.replace(ns, collection=row.collection)
     chunk = ChunkProgress(**row.chunk) if row.chunk is not None else None  # type: ignore[arg-type]

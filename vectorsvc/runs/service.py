@@ -8,10 +8,8 @@ together), as background chunks do (`background`).
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -20,10 +18,8 @@ import anyio
 
 from vectorsvc.billing.service import PendingCharge, quote
 from vectorsvc.errors import ValidationFailed
-from vectorsvc.models.contracts import validate_run_contract
 from vectorsvc.models.pricing import Usage, format_credits
 from vectorsvc.models.registry import ModelSpec
-from vectorsvc.points import namespaces
 from vectorsvc.points.metadata import parse_metadata_filter
 from vectorsvc.points.namespaces import Namespace
 from vectorsvc.points.payload import hit_public
@@ -34,6 +30,7 @@ from vectorsvc.runs.content import (
     TextContent,
     embed_contents,
 )
+from vectorsvc.runs.gate import RunContext, run_context
 from vectorsvc.runs.inputs import (
     DeleteInput,
     DeleteParams,
@@ -53,68 +50,6 @@ from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import Filter, HasIds, ScoredPoint, Vector
 
 Output = tuple[dict[str, Any], RunUsage]
-
-
-def new_run_id() -> str:
-    return f"run_{secrets.token_hex(10)}"
-
-
-@dataclass(frozen=True)
-class RunContext:
-    state: AppState
-    model: ModelSpec
-    workspace_id: str
-    namespace: Namespace | None
-    request: RunRequest
-    run_id: str
-
-    @property
-    def ns(self) -> Namespace:
-        assert self.namespace is not None, "vector modes always carry a scope"
-        return self.namespace
-
-
-def run_context(
-    state: AppState,
-    *,
-    workspace_id: str,
-    request: RunRequest,
-    run_id: str | None = None,
-    validate_contract: bool = True,
-) -> RunContext:
-    """Resolve the model, check the mode and the model's contract, build the namespace."""
-    model = state.registry.get(request.model)
-    model.require_mode(request.mode)
-    if validate_contract:
-        check_input_modalities(model, request.input)
-        validate_run_contract(model, request.mode, request.input, request.params)
-    namespace = (
-        namespaces.resolve(workspace_id=workspace_id, model=model, scope=request.scope)
-        if request.scope is not None
-        else None
-    )
-    return RunContext(state, model, workspace_id, namespace, request, run_id or new_run_id())
-
-
-_MODALITY_KEYS = {"text": "text", "texts": "text", "image": "image", "images": "image"}
-
-
-def check_input_modalities(model: ModelSpec, data: dict[str, Any]) -> None:
-    """A clear 422 `modality_not_supported` before the contract's "field required" would."""
-    places: list[tuple[str, dict[str, Any]]] = [("input", data)]
-    items = data.get("items")
-    if isinstance(items, list):
-        places += [(f"input.items[{i}]", it) for i, it in enumerate(items) if isinstance(it, dict)]
-    for prefix, obj in places:
-        for key, modality in _MODALITY_KEYS.items():
-            if key in obj and modality not in model.modalities:
-                raise ValidationFailed(
-                    f"{prefix}.{key}: model {model.slug!r} does not take {modality} inputs; "
-                    f"it takes {', '.join(model.modalities)}",
-                    field=f"{prefix}.{key}",
-                    code="modality_not_supported",
-                    details={"allowed": list(model.modalities)},
-                )
 
 
 async def execute_run(state: AppState, *, workspace_id: str, request: RunRequest) -> RunResponse:
