@@ -1,9 +1,10 @@
 """Turning run inputs (texts, media refs) into vectors, in input order.
 
-Checks each input's modality against the model, resolves media refs through the media
+Checks each text against the server's limits, resolves media refs through the media
 service (only the caller's workspace's media), decodes images, and sends texts and images to
-the model. `prepare` and `embed_prepared` are separate so callers can dedupe in between
-(a content hash needs the media's sha256, not the embedding).
+the model (the modalities were checked at the gate, or item by item in `prepare_each`).
+`prepare` and `embed_prepared` are separate so callers can dedupe in between (a content
+hash needs the media's sha256, not the embedding).
 
 Images are what can take memory: each distinct image (by sha256) of a run is decoded once
 for all its references, made small for the models while it is decoded, and decoded and

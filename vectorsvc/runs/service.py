@@ -263,23 +263,12 @@ async def _delete(ctx: RunContext) -> Output:
     state = ctx.state
     validate_part(DeleteParams, ctx.request.params, prefix="params")
     data = validate_part(DeleteInput, ctx.request.input, prefix="input")
-    if (data.ids is None) == (data.filter is None):
-        raise ValidationFailed(
-            "input: send exactly one of 'ids' (a list of item ids) or 'filter' (a metadata filter)",
-            field="input",
-        )
     flt = ns.tenant_filter
     if data.ids is not None:
         flt = flt.and_(HasIds(tuple(ns.point_id(i) for i in data.ids)))
     else:
-        assert data.filter is not None
-        if not data.filter:
-            raise ValidationFailed(
-                "input.filter: an empty filter would match everything; delete the whole "
-                "scope through the Knowledge Bases API instead",
-                field="input.filter",
-                code="invalid_filter",
-            )
+        # The contract (models.yaml) asks for exactly one of them, and a non-empty filter.
+        assert data.filter
         flt = flt.and_(*parse_metadata_filter(data.filter, field="input.filter").must)
 
     def _run() -> int:
