@@ -17,13 +17,14 @@ from typing import Any
 import anyio
 
 from vectorsvc.billing.service import PendingCharge, quote
-from vectorsvc.errors import ValidationFailed
+from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.models.pricing import Usage, format_credits
 from vectorsvc.models.registry import ModelSpec
 from vectorsvc.points.metadata import parse_metadata_filter
 from vectorsvc.points.namespaces import Namespace
 from vectorsvc.points.payload import hit_public
 from vectorsvc.points.store import delete_and_recount
+from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.content import (
     Content,
     ImageContent,
@@ -44,7 +45,7 @@ from vectorsvc.runs.inputs import (
     validate_part,
 )
 from vectorsvc.runs.pipeline import ItemBatch, index_items
-from vectorsvc.runs.schemas import RunRequest, RunResponse, RunUsage
+from vectorsvc.runs.schemas import RunRequest, RunResponse, RunStatusPublic, RunUsage
 from vectorsvc.runs.writes import charge_run
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import Filter, HasIds, ScoredPoint, Vector
@@ -52,7 +53,29 @@ from vectorsvc.vectorstore.base import Filter, HasIds, ScoredPoint, Vector
 Output = tuple[dict[str, Any], RunUsage]
 
 
+async def start_run(
+    state: AppState, background: BackgroundRuns, *, workspace_id: str, request: RunRequest
+) -> RunResponse | RunStatusPublic:
+    """Run `request` now (its result), or queue it as a background run (its status)."""
+    if request.options.get("background"):
+        return await background.submit(workspace_id=workspace_id, request=request)
+    timeout = request.options.get("timeout_s")
+    if timeout is None:
+        return await execute_run(state, workspace_id=workspace_id, request=request)
+    try:
+        with anyio.fail_after(float(timeout)):
+            return await execute_run(state, workspace_id=workspace_id, request=request)
+    except TimeoutError:
+        raise ServiceError(
+            f"the run did not finish within options.timeout_s={timeout}",
+            code="run_timeout",
+            status=504,
+            field="options.timeout_s",
+        ) from None
+
+
 async def execute_run(state: AppState, *, workspace_id: str, request: RunRequest) -> RunResponse:
+    """Run `request` now: its mode's handler."""
     ctx = run_context(state, workspace_id=workspace_id, request=request)
     output, usage = await _HANDLERS[request.mode](ctx)
     return RunResponse(
