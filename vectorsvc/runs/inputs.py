@@ -1,4 +1,12 @@
-"""Typed `input` and `params` for each mode, with field-level errors."""
+"""Typed `input` and `params` for each mode.
+
+A synchronous run's input and params have passed the mode's published contract
+(`models.yaml`, JSON Schema) at the gate, so the models here only parse them, except for
+what the contract cannot say: the server's limits on metadata (depth, keys, numbers, size).
+`IndexItem` is also the gate of a background run's items, which are checked one by one as
+the run goes, not against the contract (a bad item fails alone, with its own message): its
+shape rules mirror the contract's item schema.
+"""
 
 from __future__ import annotations
 
@@ -146,53 +154,35 @@ class IndexInput(_Strict):
     items: list[IndexItem] = Field(min_length=1)
 
 
-class ExecuteInput(_Strict):
-    """Exactly one of `text`, `texts`, `image`, `images`."""
+class _Parsed(BaseModel):
+    """Typed values of an input or params that the mode's contract (`models.yaml`, checked
+    at the gate: `gate.run_context`) has already accepted: parse only, no rule here."""
 
-    text: str | None = Field(default=None, min_length=1)
-    texts: list[str] | None = Field(default=None, min_length=1)
+
+class ExecuteInput(_Parsed):
+    """Exactly one of `text`, `texts`, `image`, `images` (the contract's rule)."""
+
+    text: str | None = None
+    texts: list[str] | None = None
     image: MediaRef | None = None
-    images: list[MediaRef] | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> ExecuteInput:
-        given = [n for n in ("text", "texts", "image", "images") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError("send exactly one of 'text', 'texts', 'image' or 'images'")
-        return self
+    images: list[MediaRef] | None = None
 
 
-class SearchInput(_Strict):
-    """Query by `text` or by example `image`."""
+class SearchInput(_Parsed):
+    """Query by `text` or by example `image` (exactly one: the contract's rule)."""
 
-    text: str | None = Field(default=None, min_length=1)
+    text: str | None = None
     image: MediaRef | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SearchInput:
-        if (self.text is None) == (self.image is None):
-            raise ValueError("send exactly one of 'text' or 'image' ({\"media_ref\": ...})")
-        return self
 
+class DeleteInput(_Parsed):
+    """Exactly one of `ids` or a non-empty `filter` (the contract's rule)."""
 
-class DeleteInput(_Strict):
-    ids: list[str] | None = Field(default=None, min_length=1)
+    ids: list[str] | None = None
     filter: dict[str, Any] | None = None
 
 
-class ExecuteParams(_Strict):
-    pass
-
-
-class IndexParams(_Strict):
-    pass
-
-
-class SearchParams(_Strict):
-    top_k: int = Field(default=10, ge=1)
+class SearchParams(_Parsed):
+    top_k: int = 10
     filter: dict[str, Any] | None = None
-    score_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
-
-
-class DeleteParams(_Strict):
-    pass
+    score_threshold: float | None = None

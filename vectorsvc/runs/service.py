@@ -34,11 +34,8 @@ from vectorsvc.runs.content import (
 from vectorsvc.runs.gate import RunContext, run_context
 from vectorsvc.runs.inputs import (
     DeleteInput,
-    DeleteParams,
     ExecuteInput,
-    ExecuteParams,
     IndexInput,
-    IndexParams,
     MetadataLimits,
     SearchInput,
     SearchParams,
@@ -154,7 +151,6 @@ async def _charge(ctx: RunContext, usage: Usage) -> str:
 
 
 async def _execute(ctx: RunContext) -> Output:
-    validate_part(ExecuteParams, ctx.request.params, prefix="params")
     data = validate_part(ExecuteInput, ctx.request.input, prefix="input")
     contents: list[Content]
     if data.text is not None:
@@ -185,7 +181,6 @@ async def _execute(ctx: RunContext) -> Output:
 async def _index(ctx: RunContext) -> Output:
     ns = ctx.ns
     state = ctx.state
-    validate_part(IndexParams, ctx.request.params, prefix="params")
     limits = MetadataLimits.from_settings(ctx.state.settings)
     items = validate_part(IndexInput, ctx.request.input, prefix="input", context=limits).items
     _check_count(ctx, len(items), "input.items")
@@ -284,7 +279,6 @@ def _query(
 async def _delete(ctx: RunContext) -> Output:
     ns = ctx.ns
     state = ctx.state
-    validate_part(DeleteParams, ctx.request.params, prefix="params")
     data = validate_part(DeleteInput, ctx.request.input, prefix="input")
     flt = ns.tenant_filter
     if data.ids is not None:
