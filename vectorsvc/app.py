@@ -22,7 +22,6 @@ from vectorsvc.auth.throttle import AuthThrottle
 from vectorsvc.billing.endpoints import router as billing_router
 from vectorsvc.billing.funds import Funds
 from vectorsvc.billing.service import opening_micro_credits
-from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.embedding import (
@@ -35,15 +34,16 @@ from vectorsvc.errors import ERROR_RESPONSES, install_error_handlers
 from vectorsvc.health import router as health_router
 from vectorsvc.knowledge_bases.endpoints import router as knowledge_bases_router
 from vectorsvc.limits import BodySizeLimitMiddleware, RateLimiter
+from vectorsvc.locks import WorkspaceLocks
 from vectorsvc.marketplace.endpoints import router as marketplace_router
 from vectorsvc.media.endpoints import router as media_router
 from vectorsvc.media.service import MediaService
 from vectorsvc.model_registry.registry import ModelRegistry
 from vectorsvc.observability import Metrics, ObservabilityMiddleware
+from vectorsvc.points.collections import CollectionManager
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.endpoints import router as runs_router
 from vectorsvc.runs.intents import reconcile_pending
-from vectorsvc.runs.writes import WorkspaceLocks
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore import VectorStore, open_configured_store
 from vectorsvc.web import install_web

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -11,17 +11,15 @@ from vectorsvc.auth.keys import ApiKeyCache
 from vectorsvc.auth.throttle import AuthThrottle
 from vectorsvc.auth.tokens import AccessTokenVerifier
 from vectorsvc.billing.funds import Funds
-from vectorsvc.collections import CollectionManager
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.embedding import EmbeddingService
 from vectorsvc.limits import RateLimiter
+from vectorsvc.locks import WorkspaceLocks
 from vectorsvc.media.service import MediaService
 from vectorsvc.model_registry.registry import ModelRegistry
+from vectorsvc.points.collections import CollectionManager
 from vectorsvc.vectorstore.base import VectorStore
-
-if TYPE_CHECKING:
-    from vectorsvc.runs.writes import WorkspaceLocks
 
 
 @dataclass

@@ -174,3 +174,24 @@ async def test_another_workspace_sees_and_touches_nothing(service: Service) -> N
 async def test_knowledge_bases_need_credentials(service: Service) -> None:
     r = await service.client.get("/api/knowledge-bases")
     assert r.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "items"),
+        ("GET", "items/doc-001"),
+        ("DELETE", "items/doc-001"),
+        ("DELETE", ""),
+    ],
+)
+async def test_every_path_checks_the_scope_first(
+    service: Service, api_key: str, method: str, path: str
+) -> None:
+    """The scope rule is checked once, at the endpoint, before the model is looked up."""
+    for model in (MODEL, "no-such-model"):
+        url = f"/api/knowledge-bases/{model}/-bad/{path}".rstrip("/")
+        r = await service.client.request(method, url, headers={"X-API-Key": api_key})
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid_scope", "scope")

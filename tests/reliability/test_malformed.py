@@ -18,9 +18,9 @@ from fastapi.routing import APIRoute
 from tests.harness import Service, make_settings, running_service
 from tests.runs.test_background import submit, wait_for
 from vectorsvc.json_body import JSONRoute
-from vectorsvc.knowledge_bases import catalog
-from vectorsvc.namespaces import resolve
-from vectorsvc.runs.writes import point_payload
+from vectorsvc.points import catalog
+from vectorsvc.points.namespaces import resolve
+from vectorsvc.points.payload import point_payload
 from vectorsvc.vectorstore.base import PointRecord
 
 pytestmark = pytest.mark.anyio

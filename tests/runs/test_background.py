@@ -236,3 +236,19 @@ async def test_background_run_is_refused_up_front_without_funds(
         assert r.json()["error"]["code"] == "insufficient_funds"
         listing = await svc.client.get("/api/runs", headers={"X-API-Key": key})
         assert listing.json()["count"] == 0
+
+
+async def test_an_item_of_a_modality_the_model_lacks_fails_alone(
+    service: Service, api_key: str
+) -> None:
+    """The modality rule reaches background items one by one (the gate checks a
+    synchronous run's whole input; a background run's items are checked as it goes)."""
+    items: list[Any] = texts(3)
+    items.insert(1, {"id": "picture", "image": {"media_ref": "med_missing"}})
+    accepted = await submit(service, api_key, items, scope="bg-modality")
+    run = await wait_for(service, api_key, accepted["id"], finished)
+    assert run["status"] == "succeeded", run
+    assert run["progress"] == {"total": 4, "done": 3, "skipped": 0, "failed": 1}
+    [error] = run["errors"]
+    assert (error["index"], error["id"], error["code"]) == (1, "picture", "modality_not_supported")
+    assert f"model {MODEL!r} does not take image inputs; it takes text" in error["message"]

@@ -20,11 +20,11 @@ from sqlalchemy import func, select
 from embedders.base import Embedder
 from tests.harness import Service, make_settings, running_service
 from tests.runs.test_background import finished, submit, wait_for
-from vectorsvc import namespaces
 from vectorsvc.billing import service as billing
 from vectorsvc.db.tables import UsageRecord
 from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
+from vectorsvc.points import namespaces
 from vectorsvc.vectorstore.base import PointRecord, VectorStore
 from vectorsvc.workspaces.service import find_workspace
 

@@ -32,10 +32,11 @@ from vectorsvc.db.tables import BackgroundRun, PendingWrite
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.runs import writes
 from vectorsvc.runs.content import embed_prepared, prepare
+from vectorsvc.runs.gate import run_context
 from vectorsvc.runs.inputs import IndexItem
 from vectorsvc.runs.intents import ChunkProgress, WriteIntent
+from vectorsvc.runs.pipeline import build_points, item_contents, plan_index
 from vectorsvc.runs.schemas import RunRequest
-from vectorsvc.runs.service import build_points, item_contents, plan_index, run_context
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from vectorsvc import namespaces
 from vectorsvc.auth.dependencies import CurrentCaller
 from vectorsvc.errors import ERROR_RESPONSES, NotFound
 from vectorsvc.json_body import JSONRoute
@@ -18,6 +17,7 @@ from vectorsvc.knowledge_bases.schemas import (
     ItemsPublic,
     KnowledgeBasesPublic,
 )
+from vectorsvc.points import namespaces
 from vectorsvc.state import StateDep
 
 router = APIRouter(
@@ -62,12 +62,12 @@ async def list_items(
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
     limit: Limit = 20,
 ) -> ItemsPublic:
-    namespaces.validate_scope(scope)
+    checked = namespaces.validate_scope(scope)
     return await service.list_items(
         state,
         workspace_id=caller.workspace_id,
         model=model,
-        scope=scope,
+        scope=checked,
         cursor=cursor,
         limit=limit,
     )
@@ -77,9 +77,9 @@ async def list_items(
 async def get_item(
     caller: CurrentCaller, state: StateDep, model: ModelPath, scope: ScopePath, item_id: ItemPath
 ) -> ItemPublic:
-    namespaces.validate_scope(scope)
+    checked = namespaces.validate_scope(scope)
     return await service.get_item(
-        state, workspace_id=caller.workspace_id, model=model, scope=scope, item_id=item_id
+        state, workspace_id=caller.workspace_id, model=model, scope=checked, item_id=item_id
     )
 
 
@@ -87,15 +87,15 @@ async def get_item(
 async def delete_item(
     caller: CurrentCaller, state: StateDep, model: ModelPath, scope: ScopePath, item_id: ItemPath
 ) -> DeleteResult:
-    namespaces.validate_scope(scope)
+    checked = namespaces.validate_scope(scope)
     ns = namespaces.resolve(
-        workspace_id=caller.workspace_id, model=state.registry.get(model), scope=scope
+        workspace_id=caller.workspace_id, model=state.registry.get(model), scope=checked
     )
     result = await service.delete_matching(
         state,
         workspace_id=caller.workspace_id,
         model=model,
-        scope=scope,
+        scope=checked,
         extra=service.item_filter(item_id, ns),
         dry_run=False,
     )
@@ -115,12 +115,12 @@ async def delete_by_filter(
     body: DeleteByFilter,
 ) -> DeleteResult:
     """Delete the scope's items matching a metadata filter; `dry_run` only counts them."""
-    namespaces.validate_scope(scope)
+    checked = namespaces.validate_scope(scope)
     return await service.delete_matching(
         state,
         workspace_id=caller.workspace_id,
         model=model,
-        scope=scope,
+        scope=checked,
         extra=service.metadata_filter(body.filter),
         dry_run=body.dry_run,
     )
@@ -135,12 +135,12 @@ async def delete_scope(
     dry_run: bool = False,
 ) -> DeleteResult:
     """Delete a whole scope; `dry_run=true` answers how many items would go."""
-    namespaces.validate_scope(scope)
+    checked = namespaces.validate_scope(scope)
     return await service.delete_matching(
         state,
         workspace_id=caller.workspace_id,
         model=model,
-        scope=scope,
+        scope=checked,
         extra=None,
         dry_run=dry_run,
     )

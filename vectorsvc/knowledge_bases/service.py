@@ -14,9 +14,8 @@ from typing import Any
 
 import anyio
 
-from vectorsvc import json_body, namespaces
+from vectorsvc import json_body
 from vectorsvc.errors import NotFound, ValidationFailed
-from vectorsvc.knowledge_bases import catalog
 from vectorsvc.knowledge_bases.schemas import (
     DeleteResult,
     ItemPublic,
@@ -24,8 +23,11 @@ from vectorsvc.knowledge_bases.schemas import (
     KnowledgeBasePublic,
     KnowledgeBasesPublic,
 )
-from vectorsvc.namespaces import Namespace
-from vectorsvc.runs.inputs import parse_metadata_filter
+from vectorsvc.points import catalog, namespaces
+from vectorsvc.points.metadata import parse_metadata_filter
+from vectorsvc.points.namespaces import Namespace, Scope
+from vectorsvc.points.payload import read_payload
+from vectorsvc.points.store import delete_and_recount
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord
 
@@ -115,7 +117,7 @@ def list_knowledge_bases(
     return KnowledgeBasesPublic(data=data, count=total, next_cursor=next_cursor)
 
 
-def _namespace(state: AppState, *, workspace_id: str, model: str, scope: str) -> Namespace:
+def _namespace(state: AppState, *, workspace_id: str, model: str, scope: Scope) -> Namespace:
     spec = state.registry.get(model)
     return namespaces.resolve(workspace_id=workspace_id, model=spec, scope=scope)
 
@@ -134,32 +136,20 @@ def _require_known(state: AppState, ns: Namespace) -> None:
 
 
 def item_public(record: PointRecord) -> ItemPublic:
-    """The item as the API shows it; a field of the wrong type (a stand-in for an unreadable
-    payload lacks most) is shown empty rather than failing the page."""
-    payload = record.payload
-    text = payload.get(namespaces.TEXT_FIELD)
-    media_ref = _str_or_none(payload.get(namespaces.MEDIA_REF_FIELD))
-    metadata = payload.get(namespaces.METADATA_FIELD)
+    """The item as the API shows it (a field of an unexpected type shows as empty)."""
+    item = read_payload(record.payload)
     return ItemPublic(
-        id=str(payload.get(namespaces.ID_FIELD)),
-        text_snippet=text[:SNIPPET_CHARS] if isinstance(text, str) else None,
-        media_ref=media_ref,
-        thumbnail_url=thumbnail_url(media_ref),
-        metadata=metadata if isinstance(metadata, dict) else {},
-        indexed_at=_str_or_none(payload.get(namespaces.INDEXED_AT_FIELD)),
+        id=str(item.item_id),
+        text_snippet=item.text[:SNIPPET_CHARS] if isinstance(item.text, str) else None,
+        media_ref=item.media_ref,
+        thumbnail_url=item.thumbnail_url,
+        metadata=item.metadata,
+        indexed_at=item.indexed_at,
     )
 
 
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def thumbnail_url(media_ref: object) -> str | None:
-    return f"/api/media/{media_ref}/thumbnail" if isinstance(media_ref, str) else None
-
-
 async def list_items(
-    state: AppState, *, workspace_id: str, model: str, scope: str, cursor: str | None, limit: int
+    state: AppState, *, workspace_id: str, model: str, scope: Scope, cursor: str | None, limit: int
 ) -> ItemsPublic:
     ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
     offset = _decode_scroll_cursor(cursor) if cursor else None
@@ -178,7 +168,7 @@ async def list_items(
 
 
 async def get_item(
-    state: AppState, *, workspace_id: str, model: str, scope: str, item_id: str
+    state: AppState, *, workspace_id: str, model: str, scope: Scope, item_id: str
 ) -> ItemPublic:
     ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
 
@@ -203,7 +193,7 @@ async def delete_matching(
     *,
     workspace_id: str,
     model: str,
-    scope: str,
+    scope: Scope,
     extra: Filter | None,
     dry_run: bool,
 ) -> DeleteResult:
@@ -216,9 +206,7 @@ async def delete_matching(
         if dry_run:
             count = state.store.count(ns.collection, filter=flt)
             return DeleteResult(dry_run=True, count=count, deleted=0)
-        deleted = state.store.delete(ns.collection, filter=flt)
-        remaining = state.store.count(ns.collection, filter=ns.tenant_filter)
-        catalog.record_count(state.db, ns=ns, point_count=remaining)
+        deleted = delete_and_recount(state.store, state.db, ns=ns, flt=flt, heal=True)
         return DeleteResult(dry_run=False, count=deleted, deleted=deleted)
 
     return await anyio.to_thread.run_sync(_delete)

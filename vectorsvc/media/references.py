@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vectorsvc import namespaces
 from vectorsvc.model_registry.registry import ModelRegistry
+from vectorsvc.points import namespaces
 from vectorsvc.vectorstore.base import Filter, MatchValue, VectorStore
 
 # Bounds on what one refused delete lists: scopes per model, and item ids per scope.
@@ -55,7 +55,10 @@ def find_references(
             continue
         per_scope = store.facet(collection, namespaces.SCOPE_FIELD, filter=uses, limit=MAX_SCOPES)
         for scope, points in sorted(per_scope.items()):
-            ns = namespaces.resolve(workspace_id=workspace_id, model=model, scope=scope)
+            # Stored scopes were checked when their points were written.
+            ns = namespaces.resolve(
+                workspace_id=workspace_id, model=model, scope=namespaces.Scope(scope)
+            )
             page = store.scroll(
                 collection,
                 filter=ns.tenant_filter.and_(uses.must[1]),

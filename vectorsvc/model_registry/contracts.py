@@ -69,18 +69,9 @@ class ModeContract(BaseModel):
         self._input_validator = Draft202012Validator(self.input)
         self._params_validator = Draft202012Validator(self.params)
 
-    def violations(self, input: Any, params: Any) -> list[Violation]:
-        """Every violation of this contract, in document order (input first)."""
-        found = [
-            *_violations(self._input_validator.iter_errors(input), "input"),
-            *_violations(self._params_validator.iter_errors(params), "params"),
-        ]
-        found.sort(key=lambda v: v.sort_key)
-        return found
-
     def check(self, input: Any, params: Any) -> None:
         """Raise `ValidationFailed` naming the first field of `input`/`params` that breaks
-        this contract, with the first few violations listed in its details."""
+        this contract."""
         found = self.violations(input, params)
         if not found:
             return
@@ -94,6 +85,15 @@ class ModeContract(BaseModel):
                 ]
             },
         )
+
+    def violations(self, input: Any, params: Any) -> list[Violation]:
+        """Every violation of this contract, in document order (input first)."""
+        found = [
+            *_violations(self._input_validator.iter_errors(input), "input"),
+            *_violations(self._params_validator.iter_errors(params), "params"),
+        ]
+        found.sort(key=lambda v: v.sort_key)
+        return found
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,28 +23,22 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
-from pydantic import ValidationError
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
-from vectorsvc import namespaces
 from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.money import format_credits
 from vectorsvc.billing.service import InsufficientFunds, quote
 from vectorsvc.db.tables import BackgroundRun
 from vectorsvc.errors import Conflict, NotFound, ServiceError, ValidationFailed
+from vectorsvc.locks import WorkspaceLocks
 from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
-from vectorsvc.namespaces import Namespace
-from vectorsvc.runs.content import (
-    ImageContent,
-    Prepared,
-    check_content,
-    embed_prepared,
-    resolve_media,
-)
-from vectorsvc.runs.inputs import IndexItem, MetadataLimits
-from vectorsvc.runs.intents import ChunkProgress
+from vectorsvc.points import namespaces
+from vectorsvc.points.namespaces import Namespace
+from vectorsvc.runs.gate import run_context
+from vectorsvc.runs.inputs import MetadataLimits
+from vectorsvc.runs.pipeline import index_items, parse_items
 from vectorsvc.runs.scheduling import FairQueue
 from vectorsvc.runs.schemas import (
     RunErrorPublic,
@@ -55,14 +48,6 @@ from vectorsvc.runs.schemas import (
     RunTimings,
     RunUsage,
 )
-from vectorsvc.runs.service import (
-    build_points,
-    item_contents,
-    modality_of,
-    plan_index,
-    run_context,
-)
-from vectorsvc.runs.writes import WorkspaceLocks, write_and_charge
 from vectorsvc.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -498,7 +483,9 @@ class BackgroundRuns:
         with open(path, encoding="utf-8") as fh:
             raw_items: list[Any] = json.load(fh)
         model = state.registry.get(run.model)
-        ns = namespaces.resolve(workspace_id=run.workspace_id, model=model, scope=run.scope)
+        ns = namespaces.resolve(  # the scope was checked when the run was submitted
+            workspace_id=run.workspace_id, model=model, scope=namespaces.Scope(run.scope)
+        )
         if seen is None:
             # Ids seen before the resume point, so duplicates stay duplicates after a restart.
             seen = {str(it.get("id")) for it in raw_items[: run.next_index] if isinstance(it, dict)}
@@ -547,121 +534,22 @@ class BackgroundRuns:
         *,
         reservation: Reservation,
     ) -> None:
-        """`reservation`: the run's funds; this chunk's charge draws its part."""
-        state = self.state
-        failures: list[dict[str, Any]] = []
-        items: list[IndexItem] = []
-        positions: list[int] = []  # index in the run of each valid item
-        metadata_limits = MetadataLimits.from_settings(state.settings)
-        for pos in range(start, end):
-            raw = raw_items[pos]
-            raw_id = raw.get("id") if isinstance(raw, dict) else None
-            try:
-                item = IndexItem.model_validate(raw, context=metadata_limits)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "item"
-                failures.append(
-                    _failure(
-                        pos,
-                        raw_id,
-                        "invalid_item",
-                        f"{where}: {first['msg'].removeprefix('Value error, ')}",
-                    )
-                )
-                continue
-            if item.id in seen:
-                failures.append(
-                    _failure(
-                        pos, item.id, "duplicate_id", f"id {item.id!r} appears earlier in this run"
-                    )
-                )
-                continue
-            seen.add(item.id)
-            items.append(item)
-            positions.append(pos)
-        contents = item_contents(items, offset=0)
-        ok: list[int] = []  # indexes into `items` that passed the content checks
-
-        def _check() -> dict[str, Any]:
-            known: dict[str, Any] = {}
-            for i, content in enumerate(contents):
-                try:
-                    check_content(state, model, content)
-                    if isinstance(content, ImageContent):
-                        resolve_media(
-                            state, workspace_id=run.workspace_id, content=content, known=known
-                        )
-                except ServiceError as exc:
-                    failures.append(_failure(positions[i], items[i].id, exc.code, exc.message))
-                    continue
-                ok.append(i)
-            return known
-
-        media = await anyio.to_thread.run_sync(_check)
-        good_items = [items[i] for i in ok]
-        good_positions = [positions[i] for i in ok]
-        prepared = Prepared(contents=[contents[i] for i in ok], media=media)
-        plan = await anyio.to_thread.run_sync(
-            partial(
-                plan_index, state, model, ns, good_items, prepared, run.id, range(len(good_items))
-            )
+        """Items `start..end-1` through the index pipeline, each failing alone;
+        `reservation`: the run's funds, this chunk's charge draws its part."""
+        limits = MetadataLimits.from_settings(self.state.settings)
+        await index_items(
+            self.state,
+            model=model,
+            ns=ns,
+            batch=parse_items(raw_items, start, end, seen, limits),
+            run_id=run.id,
+            strict=False,
+            chunk=(start, end),
+            reservation=reservation,
         )
-        started = time.perf_counter()
-        vectors, embed_failures = await embed_prepared(
-            state, model=model, prepared=prepared, indexes=plan.to_embed, purpose="document"
-        )
-        embed_seconds = time.perf_counter() - started
-        written = [i for row, i in enumerate(plan.to_embed) if row not in embed_failures]
-        for row, problem in embed_failures.items():
-            i = plan.to_embed[row]
-            failures.append(
-                _failure(good_positions[i], good_items[i].id, problem.code, problem.message)
-            )
-        rows = [row for row in range(len(plan.to_embed)) if row not in embed_failures]
-        points = build_points(ns, good_items, plan, written, vectors[rows], run.id)
-        done = len(points) + len(plan.already_written)
-        failures.sort(key=lambda f: int(f["index"]))
-
-        cost = quote(model, "index", Usage(items=done))
-        drawn = await state.funds.draw(reservation, cost)
-        try:
-            await write_and_charge(
-                state,
-                model=model,
-                ns=ns,
-                points=points,
-                modality=modality_of(good_items) if good_items else "text",
-                run_key=f"{run.id}:{start}",
-                billable=done,
-                writer=run.id,
-                written_before=[ns.point_id(good_items[i].id) for i in plan.already_written],
-                chunk=ChunkProgress(
-                    run_id=run.id,
-                    start=start,
-                    end=end,
-                    skipped=len(plan.skipped),
-                    failures=failures,
-                    embed_seconds=embed_seconds,
-                    positions=[good_positions[i] for i in [*written, *plan.already_written]],
-                    item_ids=[good_items[i].id for i in [*written, *plan.already_written]],
-                ),
-                reserved=drawn,
-            )
-        finally:
-            state.funds.release(drawn)  # settled by the charge already, unless it failed
 
 
 def _updated(session: Session, statement: Update) -> int:
     """Run a conditional UPDATE; how many rows it changed."""
     result = session.execute(statement.execution_options(synchronize_session=False))
     return int(cast(CursorResult[Any], result).rowcount)
-
-
-def _failure(index: int, item_id: object, code: str, message: str) -> dict[str, Any]:
-    return {
-        "index": index,
-        "id": item_id if isinstance(item_id, str) else None,
-        "code": code,
-        "message": message,
-    }

@@ -1,9 +1,10 @@
 """Turning run inputs (texts, media refs) into vectors, in input order.
 
-Checks each input's modality against the model, resolves media refs through the media
+Checks each text against the server's limits, resolves media refs through the media
 service (only the caller's workspace's media), decodes images, and sends texts and images to
-the model. `prepare` and `embed_prepared` are separate so callers can dedupe in between
-(a content hash needs the media's sha256, not the embedding).
+the model (the modalities were checked at the gate, or item by item in `prepare_each`).
+`prepare` and `embed_prepared` are separate so callers can dedupe in between (a content
+hash needs the media's sha256, not the embedding).
 
 Images are what can take memory: each distinct image (by sha256) of a run is decoded once
 for all its references, made small for the models while it is decoded, and decoded and
@@ -13,12 +14,10 @@ one full-resolution decode; a synchronous run's images are capped in pixels up f
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import numpy as np
@@ -29,6 +28,7 @@ from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.media.content import TRIM_AFTER_PIXELS, release_freed_memory
 from vectorsvc.media.objects import MediaObject
 from vectorsvc.model_registry.registry import ModelSpec
+from vectorsvc.runs.gate import require_modality
 from vectorsvc.state import AppState
 
 
@@ -62,27 +62,11 @@ class Prepared:
         return "image:" + self.media[content.media_ref].sha256
 
 
-def content_hash(model: ModelSpec, fingerprint: str, metadata: dict[str, Any]) -> str:
-    """Unchanged hash = unchanged point: same model release, content and metadata."""
-    canonical = json.dumps(
-        {"model": model.slug, "release": model.release, "content": fingerprint, "meta": metadata},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def modality_of(content: Content) -> str:
+    return "text" if isinstance(content, TextContent) else "image"
 
 
 def check_content(state: AppState, model: ModelSpec, content: Content) -> None:
-    modality = "text" if isinstance(content, TextContent) else "image"
-    if modality not in model.modalities:
-        raise ValidationFailed(
-            f"{content.field}: model {model.slug!r} does not take {modality} inputs; it takes "
-            f"{', '.join(model.modalities)}",
-            field=content.field,
-            code="modality_not_supported",
-            details={"allowed": list(model.modalities)},
-        )
     if isinstance(content, TextContent):
         limit = state.settings.max_text_chars
         if not content.text.strip():
@@ -126,6 +110,33 @@ async def prepare(
     has_media = any(isinstance(content, ImageContent) for content in contents)
     media = await anyio.to_thread.run_sync(_resolve) if has_media else {}
     return Prepared(contents=list(contents), media=media)
+
+
+async def prepare_each(
+    state: AppState, *, model: ModelSpec, workspace_id: str, contents: Sequence[Content]
+) -> tuple[Prepared, list[int], dict[int, ServiceError]]:
+    """Check each content and resolve its media on its own (a background run: a bad item
+    fails alone). The prepared contents are those that passed; the second value gives their
+    indexes in `contents`, the third each other's problem."""
+
+    def _check() -> tuple[dict[str, MediaObject], list[int], dict[int, ServiceError]]:
+        known: dict[str, MediaObject] = {}
+        ok: list[int] = []
+        problems: dict[int, ServiceError] = {}
+        for i, content in enumerate(contents):
+            try:
+                require_modality(model, modality_of(content), content.field)
+                check_content(state, model, content)
+                if isinstance(content, ImageContent):
+                    resolve_media(state, workspace_id=workspace_id, content=content, known=known)
+            except ServiceError as exc:
+                problems[i] = exc
+                continue
+            ok.append(i)
+        return known, ok, problems
+
+    media, ok, problems = await anyio.to_thread.run_sync(_check)
+    return Prepared(contents=[contents[i] for i in ok], media=media), ok, problems
 
 
 # The image models resize an image's shorter side to 224 (CLIP) or 256 (EfficientNet) pixels

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -21,7 +20,7 @@ from vectorsvc.runs.schemas import (
     RunStatusPublic,
     parse_run_request,
 )
-from vectorsvc.runs.service import execute_run
+from vectorsvc.runs.service import start_run
 from vectorsvc.state import AppState, StateDep
 
 router = APIRouter(prefix="/api", tags=["runs"], responses=ERROR_RESPONSES, route_class=JSONRoute)
@@ -99,28 +98,16 @@ async def _create_run(
 ) -> RunResponse | JSONResponse:
     request = parse_run_request(body)
     http_request.state.run_mode = request.mode  # a metrics label (closed set, checked there)
-    if request.options.get("background"):
-        accepted = await background_runs(http_request).submit(
-            workspace_id=caller.workspace_id, request=request
-        )
+    result = await start_run(
+        state, background_runs(http_request), workspace_id=caller.workspace_id, request=request
+    )
+    if isinstance(result, RunStatusPublic):
         return JSONResponse(
             status_code=202,
-            content=accepted.model_dump(mode="json"),
-            headers={"Location": f"/api/runs/{accepted.id}"},
+            content=result.model_dump(mode="json"),
+            headers={"Location": f"/api/runs/{result.id}"},
         )
-    timeout = request.options.get("timeout_s")
-    if timeout is None:
-        return await execute_run(state, workspace_id=caller.workspace_id, request=request)
-    try:
-        with anyio.fail_after(float(timeout)):
-            return await execute_run(state, workspace_id=caller.workspace_id, request=request)
-    except TimeoutError:
-        raise ServiceError(
-            f"the run did not finish within options.timeout_s={timeout}",
-            code="run_timeout",
-            status=504,
-            field="options.timeout_s",
-        ) from None
+    return result
 
 
 @router.get("/runs", response_model=RunStatusesPublic, summary="Background runs, newest first")

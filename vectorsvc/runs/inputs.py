@@ -1,10 +1,16 @@
-"""Typed `input` and `params` for each mode, with field-level errors."""
+"""Typed `input` and `params` for each mode.
+
+A synchronous run's input and params have passed the mode's published contract
+(`models.yaml`, JSON Schema) at the gate, so the models here only parse them, except for
+what the contract cannot say: the server's limits on metadata (depth, keys, numbers, size).
+`IndexItem` is also the gate of a background run's items, which are checked one by one as
+the run goes, not against the contract (a bad item fails alone, with its own message): its
+shape rules mirror the contract's item schema.
+"""
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,14 +27,10 @@ from pydantic_core import PydanticCustomError
 
 from vectorsvc.config import Settings
 from vectorsvc.errors import ValidationFailed
-from vectorsvc.namespaces import METADATA_FIELD
-from vectorsvc.vectorstore.base import Condition, Filter, MatchAny, MatchValue, Range
+from vectorsvc.points.metadata import METADATA_KEY_RULE, number_problem
 
-METADATA_KEY_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 MAX_METADATA_BYTES = 16_384
 MAX_ID_CHARS = 256
-# What the store holds as an integer (and compares in a filter): a signed 64-bit value.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Error types of our own validators that become the error's `code` as they are.
 _CONTRACT_CODES = frozenset({"metadata_too_deep", "metadata_too_many_keys", "invalid_number"})
 
@@ -63,18 +65,6 @@ def validate_part(model: type[M], data: Any, *, prefix: str, context: Any = None
             message = f"unknown field; {prefix} accepts: {allowed}"
         code = first["type"] if first["type"] in _CONTRACT_CODES else None
         raise ValidationFailed(f"{path}: {message}", field=path, code=code) from None
-
-
-def number_problem(value: int | float) -> str | None:
-    """Why a JSON number cannot be stored or compared (None when it can): integers must
-    fit in 64 bits, floats must be finite (`1e400` parses as an infinity)."""
-    if isinstance(value, int):
-        if INT64_MIN <= value <= INT64_MAX:
-            return None
-        return "an integer outside the 64-bit range (-2**63 to 2**63-1); send it as a string"
-    if math.isfinite(value):
-        return None
-    return "not a finite number"
 
 
 class _Strict(BaseModel):
@@ -164,133 +154,35 @@ class IndexInput(_Strict):
     items: list[IndexItem] = Field(min_length=1)
 
 
-class ExecuteInput(_Strict):
-    """Exactly one of `text`, `texts`, `image`, `images`."""
+class _Parsed(BaseModel):
+    """Typed values of an input or params that the mode's contract (`models.yaml`, checked
+    at the gate: `gate.run_context`) has already accepted: parse only, no rule here."""
 
-    text: str | None = Field(default=None, min_length=1)
-    texts: list[str] | None = Field(default=None, min_length=1)
+
+class ExecuteInput(_Parsed):
+    """Exactly one of `text`, `texts`, `image`, `images` (the contract's rule)."""
+
+    text: str | None = None
+    texts: list[str] | None = None
     image: MediaRef | None = None
-    images: list[MediaRef] | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> ExecuteInput:
-        given = [n for n in ("text", "texts", "image", "images") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError("send exactly one of 'text', 'texts', 'image' or 'images'")
-        return self
+    images: list[MediaRef] | None = None
 
 
-class SearchInput(_Strict):
-    """Query by `text` or by example `image`."""
+class SearchInput(_Parsed):
+    """Query by `text` or by example `image` (exactly one: the contract's rule)."""
 
-    text: str | None = Field(default=None, min_length=1)
+    text: str | None = None
     image: MediaRef | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SearchInput:
-        if (self.text is None) == (self.image is None):
-            raise ValueError("send exactly one of 'text' or 'image' ({\"media_ref\": ...})")
-        return self
 
+class DeleteInput(_Parsed):
+    """Exactly one of `ids` or a non-empty `filter` (the contract's rule)."""
 
-class DeleteInput(_Strict):
-    ids: list[str] | None = Field(default=None, min_length=1)
+    ids: list[str] | None = None
     filter: dict[str, Any] | None = None
 
 
-class ExecuteParams(_Strict):
-    pass
-
-
-class IndexParams(_Strict):
-    pass
-
-
-class SearchParams(_Strict):
-    top_k: int = Field(default=10, ge=1)
+class SearchParams(_Parsed):
+    top_k: int = 10
     filter: dict[str, Any] | None = None
-    score_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
-
-
-class DeleteParams(_Strict):
-    pass
-
-
-_RANGE_OPS = ("gt", "gte", "lt", "lte")
-
-
-def _check_filter_number(value: str | int, path: str) -> None:
-    if (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and (problem := number_problem(value))
-    ):
-        raise ValidationFailed(f"{path}: {problem}", field=path, code="invalid_filter")
-
-
-def _range_bound(bound: int | float, path: str) -> float:
-    """A range bound as the store compares it: a finite 64-bit float."""
-    try:
-        value = float(bound)
-    except OverflowError:
-        value = math.inf
-    if not math.isfinite(value):
-        raise ValidationFailed(
-            f"{path}: range bounds must be finite numbers within the 64-bit float range "
-            "(about ±1.8e308)",
-            field=path,
-            code="invalid_filter",
-        )
-    return value
-
-
-def parse_metadata_filter(raw: dict[str, Any], *, field: str) -> Filter:
-    """`{"lang": "en", "tag": {"any": ["a", "b"]}, "year": {"gte": 2000, "lt": 2010}}`:
-    equality, any-of and numeric range on metadata keys, all of which must hold."""
-    conditions: list[Condition] = []
-    for key, spec in raw.items():
-        path = f"{field}.{key}"
-        if not METADATA_KEY_RULE.match(key):
-            raise ValidationFailed(
-                f"{path}: filter keys are metadata keys ({METADATA_KEY_RULE.pattern})",
-                field=path,
-                code="invalid_filter",
-            )
-        target = f"{METADATA_FIELD}.{key}"
-        if isinstance(spec, str | bool | int) and not isinstance(spec, float):
-            _check_filter_number(spec, path)
-            conditions.append(MatchValue(key=target, value=spec))
-        elif isinstance(spec, dict) and set(spec) == {"any"}:
-            values = spec["any"]
-            if (
-                not isinstance(values, list)
-                or not values
-                or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in values)
-            ):
-                raise ValidationFailed(
-                    f"{path}.any: a non-empty list of strings or integers",
-                    field=f"{path}.any",
-                    code="invalid_filter",
-                )
-            for position, value in enumerate(values):
-                _check_filter_number(value, f"{path}.any[{position}]")
-            conditions.append(MatchAny(key=target, values=tuple(values)))
-        elif isinstance(spec, dict) and spec and set(spec) <= set(_RANGE_OPS):
-            bounds: dict[str, float] = {}
-            for op, bound in spec.items():
-                if isinstance(bound, bool) or not isinstance(bound, int | float):
-                    raise ValidationFailed(
-                        f"{path}.{op}: range bounds must be numbers",
-                        field=f"{path}.{op}",
-                        code="invalid_filter",
-                    )
-                bounds[op] = _range_bound(bound, f"{path}.{op}")
-            conditions.append(Range(key=target, **bounds))
-        else:
-            raise ValidationFailed(
-                f"{path}: use a value (string, integer, boolean) for equality, "
-                '{"any": [...]} for any-of, or {"gt"|"gte"|"lt"|"lte": number} for a range',
-                field=path,
-                code="invalid_filter",
-            )
-    return Filter(must=tuple(conditions))
+    score_threshold: float | None = None

@@ -29,13 +29,12 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from vectorsvc import namespaces
 from vectorsvc.billing.service import InsufficientFunds, charge, opening_micro_credits
 from vectorsvc.db.tables import BackgroundRun, PendingWrite
 from vectorsvc.errors import NotFound
-from vectorsvc.knowledge_bases import catalog
 from vectorsvc.model_registry.pricing import Usage
-from vectorsvc.namespaces import Namespace
+from vectorsvc.points import namespaces, store
+from vectorsvc.points.namespaces import Namespace
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore.base import HasIds
 
@@ -205,7 +204,9 @@ def reconcile(state: AppState, intent: WriteIntent) -> Reconciled:
 
 def _intent(state: AppState, row: PendingWrite) -> WriteIntent:
     model = state.registry.get(row.model)
-    ns = namespaces.resolve(workspace_id=row.workspace_id, model=model, scope=row.scope)
+    ns = namespaces.resolve(
+        workspace_id=row.workspace_id, model=model, scope=namespaces.Scope(row.scope)
+    )
     # The collection the points were written to, should the model's release have changed.
     ns = dataclasses.replace(ns, collection=row.collection)
     chunk = ChunkProgress(**row.chunk) if row.chunk is not None else None  # type: ignore[arg-type]
@@ -221,16 +222,8 @@ def _intent(state: AppState, row: PendingWrite) -> WriteIntent:
 
 def _stored_by(state: AppState, intent: WriteIntent) -> list[str]:
     """The intent's point ids that are stored in its namespace and carry its run."""
-    ns = intent.ns
-    if not intent.point_ids or not state.store.collection_exists(ns.collection):
-        return []
-    records = state.store.retrieve(ns.collection, intent.point_ids)
-    return [
-        r.id
-        for r in records
-        if r.payload.get(namespaces.TENANT_FIELD) == ns.tenant_key
-        and r.payload.get(namespaces.RUN_FIELD) == intent.writer
-    ]
+    stored = store.stored_points(state.store, intent.ns, intent.point_ids)
+    return [point_id for point_id, found in stored.items() if found.run_id == intent.writer]
 
 
 def _interrupted(
@@ -252,18 +245,4 @@ def _interrupted(
 
 def _recount(state: AppState, intent: WriteIntent) -> None:
     """The catalog's exact count of the namespace, as after any write or delete."""
-    ns = intent.ns
-    if not state.store.collection_exists(ns.collection):
-        return
-    total = state.store.count(ns.collection, filter=ns.tenant_filter)
-    if total:
-        catalog.record_write(
-            state.db,
-            ns=ns,
-            modality=intent.modality,
-            point_count=total,
-            written=0,
-            written_payload_bytes=0,
-        )
-    else:
-        catalog.record_count(state.db, ns=ns, point_count=0)
+    store.recount(state.store, state.db, ns=intent.ns, modality=intent.modality)

@@ -7,13 +7,13 @@ its own stable error code, then builds a typed `RunRequest`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.model_registry.registry import VECTOR_MODES
-from vectorsvc.namespaces import validate_scope
+from vectorsvc.points.namespaces import SCOPE_RULE, Scope, validate_scope
 
 TOP_LEVEL_FIELDS = ("model", "mode", "scope", "input", "params", "options")
 ROUTING_FIELDS = ("resources", "alias", "collection", "namespace")
@@ -32,11 +32,10 @@ class RunRequest(BaseModel):
 
     model: str = Field(description="The published model slug.", min_length=1, max_length=100)
     mode: str = Field(default="execute", description="execute, index, search or delete.")
-    scope: str | None = Field(
-        default=None,
-        description="Vector namespace; required for index, search and delete.",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-    )
+    # The rule is published here and checked once, by `parse_run_request`.
+    scope: (
+        Annotated[Scope, WithJsonSchema({"pattern": SCOPE_RULE.pattern, "type": "string"})] | None
+    ) = Field(default=None, description="Vector namespace; required for index, search and delete.")
     input: dict[str, Any] = Field(description="Model input; shape depends on the mode.")
     params: dict[str, Any] = Field(default_factory=dict, description="Model parameters.")
     options: dict[str, Any] = Field(default_factory=dict, description="Execution options.")
@@ -146,8 +145,9 @@ def parse_run_request(body: Any) -> RunRequest:
         )
     if not isinstance(body["input"], dict):
         raise ValidationFailed("input must be a JSON object", field="input", code="invalid_input")
-    scope = body.get("scope")
-    if scope is None:
+    raw_scope = body.get("scope")
+    scope: Scope | None = None
+    if raw_scope is None:
         if mode in VECTOR_MODES:
             raise ValidationFailed(
                 f"scope is required for mode {mode!r}: it is the vector namespace that "
@@ -156,7 +156,7 @@ def parse_run_request(body: Any) -> RunRequest:
                 code="scope_required",
             )
     else:
-        validate_scope(scope)
+        scope = validate_scope(raw_scope)
     try:
         RunOptions.model_validate(options)
     except ValidationError as exc:

@@ -1,131 +1,79 @@
-"""Executing runs: one function per mode, keyword-only, no HTTP in here.
+"""Executing runs: the mode dispatcher, one handler per mode, keyword-only, no HTTP in here.
 
 The data path: registry (model spec and contract) -> embedder (vectors, via `content`) ->
-namespaces (collection, tenant key, point ids) -> vector store, then the catalog and the
-wallet (`writes`).
+namespace (`points.namespaces`: collection, tenant key, point ids) -> vector store. Index
+runs go through the index pipeline (`pipeline`: prepare, dedupe, embed, write and charge
+together), as background chunks do (`background`).
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import anyio
 
-from vectorsvc import namespaces
 from vectorsvc.billing.money import format_credits
 from vectorsvc.billing.service import PendingCharge, quote
-from vectorsvc.errors import ValidationFailed
-from vectorsvc.knowledge_bases import catalog
-from vectorsvc.knowledge_bases.service import thumbnail_url
+from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.model_registry.pricing import Usage
-from vectorsvc.model_registry.registry import ModelSpec, validate_run_contract
-from vectorsvc.namespaces import Namespace
+from vectorsvc.model_registry.registry import ModelSpec
+from vectorsvc.points.metadata import parse_metadata_filter
+from vectorsvc.points.namespaces import Namespace
+from vectorsvc.points.payload import hit_public
+from vectorsvc.points.store import delete_and_recount
+from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.content import (
     Content,
     ImageContent,
-    Prepared,
     TextContent,
-    content_hash,
     embed_contents,
-    embed_prepared,
-    prepare,
 )
+from vectorsvc.runs.gate import RunContext, run_context
 from vectorsvc.runs.inputs import (
     DeleteInput,
-    DeleteParams,
     ExecuteInput,
-    ExecuteParams,
     IndexInput,
-    IndexItem,
-    IndexParams,
     MetadataLimits,
     SearchInput,
     SearchParams,
-    parse_metadata_filter,
     validate_part,
 )
-from vectorsvc.runs.schemas import RunRequest, RunResponse, RunUsage
-from vectorsvc.runs.writes import (
-    charge_run,
-    point_payload,
-    stored_points,
-    write_and_charge,
-)
+from vectorsvc.runs.pipeline import ItemBatch, index_items
+from vectorsvc.runs.schemas import RunRequest, RunResponse, RunStatusPublic, RunUsage
+from vectorsvc.runs.writes import charge_run
 from vectorsvc.state import AppState
-from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord, ScoredPoint, Vector
+from vectorsvc.vectorstore.base import Filter, HasIds, ScoredPoint, Vector
 
 Output = tuple[dict[str, Any], RunUsage]
 
 
-def new_run_id() -> str:
-    return f"run_{secrets.token_hex(10)}"
-
-
-@dataclass(frozen=True)
-class RunContext:
-    state: AppState
-    model: ModelSpec
-    workspace_id: str
-    namespace: Namespace | None
-    request: RunRequest
-    run_id: str
-
-    @property
-    def ns(self) -> Namespace:
-        assert self.namespace is not None, "vector modes always carry a scope"
-        return self.namespace
-
-
-def run_context(
-    state: AppState,
-    *,
-    workspace_id: str,
-    request: RunRequest,
-    run_id: str | None = None,
-    validate_contract: bool = True,
-) -> RunContext:
-    """Resolve the model, check the mode and the model's contract, build the namespace."""
-    model = state.registry.get(request.model)
-    model.require_mode(request.mode)
-    if validate_contract:
-        check_input_modalities(model, request.input)
-        validate_run_contract(model, request.mode, request.input, request.params)
-    namespace = (
-        namespaces.resolve(workspace_id=workspace_id, model=model, scope=request.scope)
-        if request.scope is not None
-        else None
-    )
-    return RunContext(state, model, workspace_id, namespace, request, run_id or new_run_id())
-
-
-_MODALITY_KEYS = {"text": "text", "texts": "text", "image": "image", "images": "image"}
-
-
-def check_input_modalities(model: ModelSpec, data: dict[str, Any]) -> None:
-    """A clear 422 `modality_not_supported` before the contract's "field required" would."""
-    places: list[tuple[str, dict[str, Any]]] = [("input", data)]
-    items = data.get("items")
-    if isinstance(items, list):
-        places += [(f"input.items[{i}]", it) for i, it in enumerate(items) if isinstance(it, dict)]
-    for prefix, obj in places:
-        for key, modality in _MODALITY_KEYS.items():
-            if key in obj and modality not in model.modalities:
-                raise ValidationFailed(
-                    f"{prefix}.{key}: model {model.slug!r} does not take {modality} inputs; "
-                    f"it takes {', '.join(model.modalities)}",
-                    field=f"{prefix}.{key}",
-                    code="modality_not_supported",
-                    details={"allowed": list(model.modalities)},
-                )
+async def start_run(
+    state: AppState, background: BackgroundRuns, *, workspace_id: str, request: RunRequest
+) -> RunResponse | RunStatusPublic:
+    """Run `request` now (its result), or queue it as a background run (its status)."""
+    if request.options.get("background"):
+        return await background.submit(workspace_id=workspace_id, request=request)
+    timeout = request.options.get("timeout_s")
+    if timeout is None:
+        return await execute_run(state, workspace_id=workspace_id, request=request)
+    try:
+        with anyio.fail_after(float(timeout)):
+            return await execute_run(state, workspace_id=workspace_id, request=request)
+    except TimeoutError:
+        raise ServiceError(
+            f"the run did not finish within options.timeout_s={timeout}",
+            code="run_timeout",
+            status=504,
+            field="options.timeout_s",
+        ) from None
 
 
 async def execute_run(state: AppState, *, workspace_id: str, request: RunRequest) -> RunResponse:
+    """Run `request` now: its mode's handler."""
     ctx = run_context(state, workspace_id=workspace_id, request=request)
     output, usage = await _HANDLERS[request.mode](ctx)
     return RunResponse(
@@ -204,7 +152,6 @@ async def _charge(ctx: RunContext, usage: Usage) -> str:
 
 
 async def _execute(ctx: RunContext) -> Output:
-    validate_part(ExecuteParams, ctx.request.params, prefix="params")
     data = validate_part(ExecuteInput, ctx.request.input, prefix="input")
     contents: list[Content]
     if data.text is not None:
@@ -232,88 +179,9 @@ async def _execute(ctx: RunContext) -> Output:
     )
 
 
-def item_contents(items: Sequence[IndexItem], *, offset: int = 0) -> list[Content]:
-    return [
-        TextContent(item.text, f"input.items[{offset + i}].text")
-        if item.text is not None
-        else ImageContent(_media(item.image), f"input.items[{offset + i}].image")
-        for i, item in enumerate(items)
-    ]
-
-
-def modality_of(items: Sequence[IndexItem]) -> str:
-    kinds = {"text" if item.text is not None else "image" for item in items}
-    return kinds.pop() if len(kinds) == 1 else "mixed"
-
-
-@dataclass(frozen=True)
-class IndexPlan:
-    """Which items of a batch to embed, which are unchanged, which a resumed run wrote."""
-
-    hashes: list[str]
-    to_embed: list[int]
-    skipped: list[int]
-    already_written: list[int]  # stored by this same run before a restart: bill, don't embed
-
-
-def plan_index(
-    state: AppState,
-    model: ModelSpec,
-    ns: Namespace,
-    items: Sequence[IndexItem],
-    prepared: Prepared,
-    run_id: str,
-    candidates: Sequence[int],
-) -> IndexPlan:
-    """Content-hash dedupe against what the namespace holds (blocking)."""
-    hashes = [
-        content_hash(model, prepared.fingerprint(i), item.metadata) for i, item in enumerate(items)
-    ]
-    stored = stored_points(state, ns, [ns.point_id(items[i].id) for i in candidates])
-    to_embed: list[int] = []
-    skipped: list[int] = []
-    already: list[int] = []
-    for i in candidates:
-        existing = stored.get(ns.point_id(items[i].id))
-        if existing is not None and existing.content_hash == hashes[i]:
-            (already if existing.run_id == run_id else skipped).append(i)
-        else:
-            to_embed.append(i)
-    return IndexPlan(hashes=hashes, to_embed=to_embed, skipped=skipped, already_written=already)
-
-
-def build_points(
-    ns: Namespace,
-    items: Sequence[IndexItem],
-    plan: IndexPlan,
-    indexes: Sequence[int],
-    vectors: Any,
-    run_id: str,
-) -> list[PointRecord]:
-    now = datetime.now(UTC).isoformat()
-    return [
-        PointRecord(
-            id=ns.point_id(items[i].id),
-            vector=vectors[row],
-            payload=point_payload(
-                ns,
-                item_id=items[i].id,
-                text=items[i].text,
-                media_ref=_media(items[i].image) if items[i].image is not None else None,
-                metadata=items[i].metadata,
-                content_hash=plan.hashes[i],
-                run_id=run_id,
-                indexed_at=now,
-            ),
-        )
-        for row, i in enumerate(indexes)
-    ]
-
-
 async def _index(ctx: RunContext) -> Output:
     ns = ctx.ns
     state = ctx.state
-    validate_part(IndexParams, ctx.request.params, prefix="params")
     limits = MetadataLimits.from_settings(ctx.state.settings)
     items = validate_part(IndexInput, ctx.request.input, prefix="input", context=limits).items
     _check_count(ctx, len(items), "input.items")
@@ -327,47 +195,29 @@ async def _index(ctx: RunContext) -> Output:
             )
         seen.add(item.id)
     await _precheck(ctx, Usage(items=len(items)))
-    prepared = await prepare(
-        state, model=ctx.model, workspace_id=ctx.workspace_id, contents=item_contents(items)
-    )
-    plan = await anyio.to_thread.run_sync(
-        partial(plan_index, state, ctx.model, ns, items, prepared, ctx.run_id, range(len(items)))
-    )
-    vectors, failures = await embed_prepared(
-        state,
-        model=ctx.model,
-        prepared=prepared,
-        indexes=plan.to_embed,
-        purpose="document",
-        max_decoded_pixels=state.settings.max_decoded_pixels_per_run,
-    )
-    if failures:
-        raise failures[min(failures)]
-    points = build_points(ns, items, plan, plan.to_embed, vectors, ctx.run_id)
-    result = await write_and_charge(
+    result = await index_items(
         state,
         model=ctx.model,
         ns=ns,
-        points=points,
-        modality=modality_of(items),
-        run_key=ctx.run_id,
-        writer=ctx.run_id,
-        billable=len(points),
+        batch=ItemBatch(list(items), list(range(len(items)))),
+        run_id=ctx.run_id,
+        strict=True,
+        max_decoded_pixels=state.settings.max_decoded_pixels_per_run,
     )
     return (
         {
             "ids": [item.id for item in items],
             "counts": {
                 "received": len(items),
-                "indexed": len(points),
+                "indexed": result.written,
                 "created": result.created,
-                "updated": len(points) - result.created,
-                "skipped": len(plan.skipped),
+                "updated": result.written - result.created,
+                "skipped": result.skipped,
             },
             "collection": ns.collection,
             "scope": ns.scope,
         },
-        RunUsage(items=len(points), skipped=len(plan.skipped), cost=format_credits(result.cost)),
+        RunUsage(items=result.written, skipped=result.skipped, cost=format_credits(result.cost)),
     )
 
 
@@ -419,23 +269,6 @@ async def _search(ctx: RunContext) -> Output:
     )
 
 
-def hit_public(hit: ScoredPoint) -> dict[str, Any]:
-    payload = hit.payload
-    metadata = payload.get(namespaces.METADATA_FIELD)
-    out: dict[str, Any] = {
-        "id": payload.get(namespaces.ID_FIELD),
-        "score": hit.score,
-        "text": payload.get(namespaces.TEXT_FIELD),
-        # A stand-in for an unreadable payload has none; no stored type fails the answer.
-        "metadata": metadata if isinstance(metadata, dict) else {},
-    }
-    media_ref = payload.get(namespaces.MEDIA_REF_FIELD)
-    if isinstance(media_ref, str):
-        out["media_ref"] = media_ref
-        out["thumbnail_url"] = thumbnail_url(media_ref)
-    return out
-
-
 def _query(
     state: AppState, model: ModelSpec, ns: Namespace, vector: Vector, flt: Filter, limit: int
 ) -> list[ScoredPoint]:
@@ -447,35 +280,19 @@ def _query(
 async def _delete(ctx: RunContext) -> Output:
     ns = ctx.ns
     state = ctx.state
-    validate_part(DeleteParams, ctx.request.params, prefix="params")
     data = validate_part(DeleteInput, ctx.request.input, prefix="input")
-    if (data.ids is None) == (data.filter is None):
-        raise ValidationFailed(
-            "input: send exactly one of 'ids' (a list of item ids) or 'filter' (a metadata filter)",
-            field="input",
-        )
     flt = ns.tenant_filter
     if data.ids is not None:
         flt = flt.and_(HasIds(tuple(ns.point_id(i) for i in data.ids)))
     else:
-        assert data.filter is not None
-        if not data.filter:
-            raise ValidationFailed(
-                "input.filter: an empty filter would match everything; delete the whole "
-                "scope through the Knowledge Bases API instead",
-                field="input.filter",
-                code="invalid_filter",
-            )
+        # The contract (models.yaml) asks for exactly one of them, and a non-empty filter.
+        assert data.filter
         flt = flt.and_(*parse_metadata_filter(data.filter, field="input.filter").must)
 
     def _run() -> int:
         if not state.collections.exists(ctx.model):
             return 0
-        deleted = state.store.delete(ns.collection, filter=flt)
-        if deleted:
-            remaining = state.store.count(ns.collection, filter=ns.tenant_filter)
-            catalog.record_count(state.db, ns=ns, point_count=remaining)
-        return deleted
+        return delete_and_recount(state.store, state.db, ns=ns, flt=flt)
 
     deleted = await anyio.to_thread.run_sync(_run)
     cost = await _charge(ctx, Usage(items=deleted))

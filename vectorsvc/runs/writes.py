@@ -13,70 +13,27 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import anyio
 from sqlalchemy.orm import Session
 
-from vectorsvc import namespaces
 from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.service import charge, opening_micro_credits, quote
-from vectorsvc.knowledge_bases import catalog
 from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
-from vectorsvc.namespaces import Namespace
+from vectorsvc.points import namespaces, store
+from vectorsvc.points.namespaces import Namespace
 from vectorsvc.runs import intents
 from vectorsvc.runs.intents import ChunkProgress, WriteIntent
 from vectorsvc.state import AppState
-from vectorsvc.vectorstore.base import HasIds, PointRecord
-
-CONTENT_HASH_FIELD = namespaces.CONTENT_HASH_FIELD
-RUN_FIELD = namespaces.RUN_FIELD
+from vectorsvc.vectorstore.base import PointRecord
 
 logger = logging.getLogger(__name__)
-
-
-class WorkspaceLocks:
-    """One asyncio lock per workspace, for the check-write-charge section of index runs."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def get(self, workspace_id: str) -> asyncio.Lock:
-        lock = self._locks.get(workspace_id)
-        if lock is None:
-            lock = self._locks[workspace_id] = asyncio.Lock()
-        return lock
-
-
-@dataclass(frozen=True)
-class Stored:
-    """What the namespace holds for a point id: its content hash and the run that wrote it."""
-
-    content_hash: str | None
-    run_id: str | None
-
-
-def stored_points(state: AppState, ns: Namespace, point_ids: Sequence[str]) -> dict[str, Stored]:
-    """The stored hash and writer of each existing point (blocking)."""
-    if not point_ids or not state.store.collection_exists(ns.collection):
-        return {}
-    found: dict[str, Stored] = {}
-    for record in state.store.retrieve(ns.collection, point_ids):
-        if record.payload.get(namespaces.TENANT_FIELD) != ns.tenant_key:
-            continue  # ids are derived from the tenant key, so this never happens; be sure
-        found[record.id] = Stored(
-            content_hash=record.payload.get(CONTENT_HASH_FIELD),
-            run_id=record.payload.get(RUN_FIELD),
-        )
-    return found
 
 
 def charge_run(
@@ -109,33 +66,23 @@ def _upsert(
     state: AppState, model: ModelSpec, intent: WriteIntent, points: list[PointRecord]
 ) -> int:
     """Record the intent, upsert, keep the catalog exact; how many points are new (blocking)."""
-    ns = intent.ns
     state.media.require_present(
-        workspace_id=ns.workspace_id,
+        workspace_id=intent.ns.workspace_id,
         media_refs=[
             ref for p in points if isinstance(ref := p.payload.get(namespaces.MEDIA_REF_FIELD), str)
         ],
     )
     with state.db.session() as session:
         intents.record(session, intent)
-    if not points:
-        return 0
-    state.collections.ensure(model)
-    existing = state.store.count(
-        ns.collection, filter=ns.tenant_filter.and_(HasIds(tuple(p.id for p in points)))
-    )
-    state.store.upsert(ns.collection, points)
-    total = state.store.count(ns.collection, filter=ns.tenant_filter)
-    created = len(points) - existing
-    catalog.record_write(
+    return store.upsert_and_recount(
+        state.store,
         state.db,
-        ns=ns,
+        state.collections,
+        model=model,
+        ns=intent.ns,
         modality=intent.modality,
-        point_count=total,
-        written=created,
-        written_payload_bytes=sum(len(json.dumps(p.payload)) for p in points[:created]),
+        points=points,
     )
-    return created
 
 
 @dataclass(frozen=True)
@@ -238,31 +185,3 @@ async def _settle_failed(state: AppState, intent: WriteIntent) -> None:
         )
     except Exception:
         logger.exception("settling the interrupted write %s failed; retried at start", intent.key)
-
-
-def point_payload(
-    ns: Namespace,
-    *,
-    item_id: str,
-    text: str | None,
-    media_ref: str | None,
-    metadata: dict[str, Any],
-    content_hash: str,
-    run_id: str,
-    indexed_at: str,
-) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        namespaces.TENANT_FIELD: ns.tenant_key,
-        namespaces.WORKSPACE_FIELD: ns.workspace_id,
-        namespaces.SCOPE_FIELD: ns.scope,
-        namespaces.ID_FIELD: item_id,
-        namespaces.METADATA_FIELD: metadata,
-        namespaces.INDEXED_AT_FIELD: indexed_at,
-        CONTENT_HASH_FIELD: content_hash,
-        RUN_FIELD: run_id,
-    }
-    if text is not None:
-        payload[namespaces.TEXT_FIELD] = text
-    if media_ref is not None:
-        payload[namespaces.MEDIA_REF_FIELD] = media_ref
-    return payload

@@ -3,7 +3,7 @@
 The service speaks only these types. `EdgeVectorStore` (Qdrant Edge, in-process) and
 `RemoteVectorStore` (qdrant-client against a server or cluster) translate them. Names of
 collections, aliases and tenant keys are never built here: they arrive from
-`vectorsvc.namespaces`.
+`vectorsvc.points.namespaces`.
 """
 
 from __future__ import annotations

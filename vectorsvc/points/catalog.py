@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, select, tuple_
 
 from vectorsvc.db.database import Database
 from vectorsvc.db.tables import CatalogEntry
-from vectorsvc.namespaces import Namespace
+from vectorsvc.points.namespaces import Namespace
 
 
 def record_write(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from vectorsvc import namespaces
 from vectorsvc.model_registry.registry import ModelSpec
+from vectorsvc.points import namespaces
 from vectorsvc.vectorstore.base import VectorStore
 
 

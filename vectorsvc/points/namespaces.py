@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from typing import NewType
 
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.model_registry.registry import ModelSpec
@@ -41,12 +42,20 @@ _POINT_ID_NAMESPACE = uuid.UUID("6f1c8e52-3a0b-4f4e-9d7e-8d7c2b1a9e01")
 _COLLECTION_PREFIX = "vs"
 
 
-def validate_scope(scope: object, *, field: str = "scope") -> str:
+# A scope that passed `validate_scope`: the only way a client's scope reaches `resolve`.
+# A scope read back from what the service stored (a run, a point) was checked when it was
+# stored, and is wrapped as it is read.
+Scope = NewType("Scope", str)
+
+
+def validate_scope(scope: object, *, field: str = "scope") -> Scope:
+    """The scope rule, checked here only: each entry point (a run request, a Knowledge
+    Bases path) calls it once."""
     if not isinstance(scope, str) or not SCOPE_RULE.match(scope):
         raise ValidationFailed(
             f"invalid scope {scope!r}: {SCOPE_RULE_TEXT}", field=field, code="invalid_scope"
         )
-    return scope
+    return Scope(scope)
 
 
 @dataclass(frozen=True)
@@ -80,8 +89,7 @@ def tenant_key(workspace_id: str, scope: str) -> str:
     return f"{workspace_id}/{scope}"
 
 
-def resolve(*, workspace_id: str, model: ModelSpec, scope: str) -> Namespace:
-    validate_scope(scope)
+def resolve(*, workspace_id: str, model: ModelSpec, scope: Scope) -> Namespace:
     return Namespace(
         workspace_id=workspace_id,
         model_slug=model.slug,
