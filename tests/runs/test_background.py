@@ -103,6 +103,7 @@ async def test_background_run_indexes_and_lists_per_item_failures(
     assert errors[20]["code"] == "invalid_item" and errors[20]["id"] is None
     assert errors[20]["message"] == "input.items[20]: must be a JSON object, not a string"
     assert errors[25]["code"] == "text_too_long"
+    assert errors[25]["message"].startswith("input.items[25].text: text has 30000 characters")
     assert run["usage"]["items"] == 40
     assert run["usage"]["cost"] != "0"
     assert run["timings"]["finished_at"] and run["timings"]["items_per_second"] > 0

@@ -105,11 +105,16 @@ def parse_items(
     return batch
 
 
-def item_contents(items: Sequence[IndexItem], *, offset: int = 0) -> list[Content]:
+def item_contents(
+    items: Sequence[IndexItem], positions: Sequence[int] | None = None
+) -> list[Content]:
+    """Each item's content, its field named by the item's position in the run (`positions`,
+    default: its index in `items`)."""
+    where = range(len(items)) if positions is None else positions
     return [
-        TextContent(item.text, f"input.items[{offset + i}].text")
+        TextContent(item.text, f"input.items[{where[i]}].text")
         if item.text is not None
-        else ImageContent(_media_ref(item), f"input.items[{offset + i}].image")
+        else ImageContent(_media_ref(item), f"input.items[{where[i]}].image")
         for i, item in enumerate(items)
     ]
 
@@ -225,7 +230,7 @@ async def index_items(
     the run's funds, which the charge draws its part of (else it reserves its own).
     """
     items, positions, failures = batch.items, batch.positions, batch.failures
-    contents = item_contents(items)
+    contents = item_contents(items, positions)
     if strict:
         prepared = await prepare(
             state, model=model, workspace_id=ns.workspace_id, contents=contents
