@@ -95,11 +95,15 @@ async def test_background_run_indexes_and_lists_per_item_failures(
     errors = {e["index"]: e for e in run["errors"]}
     assert set(errors) == {5, 9, 12, 20, 25}
     assert errors[5]["code"] == "invalid_item" and errors[5]["id"] == "blank"
-    assert "empty" in errors[5]["message"]
+    # The contract's messages, naming the item by its position in the run.
+    assert errors[5]["message"] == "input.items[5].text: must contain a non-whitespace character"
     assert errors[9]["code"] == "invalid_item"
+    assert errors[9]["message"].startswith("input.items[9].text: required")
     assert errors[12]["code"] == "duplicate_id"
     assert errors[20]["code"] == "invalid_item" and errors[20]["id"] is None
+    assert errors[20]["message"] == "input.items[20]: must be a JSON object, not a string"
     assert errors[25]["code"] == "text_too_long"
+    assert errors[25]["message"].startswith("input.items[25].text: text has 30000 characters")
     assert run["usage"]["items"] == 40
     assert run["usage"]["cost"] != "0"
     assert run["timings"]["finished_at"] and run["timings"]["items_per_second"] > 0
@@ -252,3 +256,50 @@ async def test_an_item_of_a_modality_the_model_lacks_fails_alone(
     [error] = run["errors"]
     assert (error["index"], error["id"], error["code"]) == (1, "picture", "modality_not_supported")
     assert f"model {MODEL!r} does not take image inputs; it takes text" in error["message"]
+
+
+async def test_a_background_item_is_checked_by_the_contract_a_synchronous_run_is(
+    tmp_path: Path, models_dir: Path, embedder_loader: Callable[[ModelSpec], Embedder]
+) -> None:
+    """One source of truth for an item's shape: the mode contract's item schema. A background
+    item that breaks it fails alone, named by its position in the whole run (not in its
+    chunk), with the message a synchronous run gives for the same item at that position."""
+    bad: dict[int, Any] = {
+        5: {"id": "typed", "text": 42},
+        6: {"id": "extra", "text": "fine", "colour": "red"},
+        9: {"text": "no id"},
+        10: {"id": "key", "text": "fine", "metadata": {"bad key": 1}},
+    }
+    fields = {
+        5: "input.items[5].text",
+        6: "input.items[6].colour",
+        9: "input.items[9].id",
+        10: "input.items[10].metadata.bad key",
+    }
+    settings = make_settings(tmp_path / "data", models_dir, background_chunk_size=4)
+    async with running_service(settings, embedder_loader) as svc:
+        key = svc.new_key("acme")
+        items: list[Any] = texts(12)
+        for pos, item in bad.items():
+            items[pos] = item
+        accepted = await submit(svc, key, items, scope="bg-contract")
+        run = await wait_for(svc, key, accepted["id"], finished)
+        assert run["status"] == "succeeded", run
+        assert run["progress"] == {"total": 12, "done": 8, "skipped": 0, "failed": 4}
+        errors = {e["index"]: e for e in run["errors"]}
+        assert set(errors) == set(bad)
+        assert all(e["code"] == "invalid_item" for e in errors.values())
+        assert errors[5]["message"] == "input.items[5].text: must be a string, not an integer"
+        assert errors[6]["message"] == (
+            "input.items[6].colour: unknown field; input.items[6] accepts: id, text, metadata"
+        )
+        for pos, item in bad.items():
+            assert errors[pos]["message"].startswith(fields[pos] + ": "), errors[pos]
+            one_bad = texts(12)
+            one_bad[pos] = item
+            body = {"model": MODEL, "mode": "index", "scope": "s", "input": {"items": one_bad}}
+            r = await svc.run(key, body)
+            assert r.status_code == 422, r.text
+            error = r.json()["error"]
+            assert (error["code"], error["field"]) == ("validation_error", fields[pos])
+            assert error["message"] == errors[pos]["message"]

@@ -3,8 +3,10 @@
 The schemas live in `models.yaml` (JSON Schema 2020-12) and are checked when the registry
 loads. `ModeContract.check` turns the first violation into a `ValidationFailed` whose
 `field` is the JSON path (`input.items[2].text`, `params.top_k`) and whose message says what
-is allowed. A schema may carry `x-error`: the message used when one of its composite rules
-(`oneOf`, `anyOf`, `pattern`, `propertyNames`) fails, where a generic one would be cryptic.
+is allowed; `ModeContract.check_item` does the same for one of `input.items` alone, against
+the same item schema (a background run's items, one by one as the run goes). A schema may
+carry `x-error`: the message used when one of its composite rules (`oneOf`, `anyOf`,
+`pattern`, `propertyNames`) fails, where a generic one would be cryptic.
 """
 
 from __future__ import annotations
@@ -62,19 +64,50 @@ class ModeContract(BaseModel):
     # Compiled once: validating a request must not re-read the schema.
     _input_validator: Draft202012Validator = PrivateAttr()
     _params_validator: Draft202012Validator = PrivateAttr()
+    _item_validator: Draft202012Validator | None = PrivateAttr(default=None)
 
     _schemas = field_validator("input", "params")(_check_schema)
 
     def model_post_init(self, __context: Any) -> None:
         self._input_validator = Draft202012Validator(self.input)
         self._params_validator = Draft202012Validator(self.params)
+        item = self.item_schema
+        self._item_validator = Draft202012Validator(item) if item is not None else None
+
+    @property
+    def item_schema(self) -> dict[str, Any] | None:
+        """The schema of one of `input.items` (the index modes' contracts), else None."""
+        items = self.input.get("properties", {}).get("items")
+        schema = items.get("items") if isinstance(items, dict) else None
+        return schema if isinstance(schema, dict) else None
 
     def check(self, input: Any, params: Any) -> None:
         """Raise `ValidationFailed` naming the first field of `input`/`params` that breaks
         this contract."""
-        found = self.violations(input, params)
-        if not found:
-            return
+        _raise_first(self.violations(input, params))
+
+    def check_item(self, item: Any, position: int) -> None:
+        """Raise `ValidationFailed` naming the first field of `item`, the run's
+        `input.items[position]`, that breaks this contract's item schema."""
+        if self._item_validator is None:
+            raise ValueError("this mode's input has no items")
+        prefix = f"input.items[{position}]"
+        found = list(_violations(self._item_validator.iter_errors(item), prefix))
+        found.sort(key=lambda v: v.sort_key)
+        _raise_first(found)
+
+    def violations(self, input: Any, params: Any) -> list[Violation]:
+        """Every violation of this contract, in document order (input first)."""
+        found = [
+            *_violations(self._input_validator.iter_errors(input), "input"),
+            *_violations(self._params_validator.iter_errors(params), "params"),
+        ]
+        found.sort(key=lambda v: v.sort_key)
+        return found
+
+
+def _raise_first(found: list[Violation]) -> None:
+    if found:
         first = found[0]
         raise ValidationFailed(
             first.message,
@@ -85,15 +118,6 @@ class ModeContract(BaseModel):
                 ]
             },
         )
-
-    def violations(self, input: Any, params: Any) -> list[Violation]:
-        """Every violation of this contract, in document order (input first)."""
-        found = [
-            *_violations(self._input_validator.iter_errors(input), "input"),
-            *_violations(self._params_validator.iter_errors(params), "params"),
-        ]
-        found.sort(key=lambda v: v.sort_key)
-        return found
 
 
 @dataclass(frozen=True)

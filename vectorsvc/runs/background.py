@@ -537,11 +537,15 @@ class BackgroundRuns:
         """Items `start..end-1` through the index pipeline, each failing alone;
         `reservation`: the run's funds, this chunk's charge draws its part."""
         limits = MetadataLimits.from_settings(self.state.settings)
+        # Off the event loop: checking a chunk's items against the contract is CPU work.
+        batch = await anyio.to_thread.run_sync(
+            partial(parse_items, model, raw_items, start, end, seen, limits)
+        )
         await index_items(
             self.state,
             model=model,
             ns=ns,
-            batch=parse_items(raw_items, start, end, seen, limits),
+            batch=batch,
             run_id=run.id,
             strict=False,
             chunk=(start, end),

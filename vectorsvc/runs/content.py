@@ -2,7 +2,7 @@
 
 Checks each text against the server's limits, resolves media refs through the media
 service (only the caller's workspace's media), decodes images, and sends texts and images to
-the model (the modalities were checked at the gate, or item by item in `prepare_each`).
+the model (the modalities were checked at the gate, or item by item by `gate.check_item`).
 `prepare` and `embed_prepared` are separate so callers can dedupe in between (a content
 hash needs the media's sha256, not the embedding).
 
@@ -28,7 +28,6 @@ from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.media.content import TRIM_AFTER_PIXELS, release_freed_memory
 from vectorsvc.media.objects import MediaObject
 from vectorsvc.model_registry.registry import ModelSpec
-from vectorsvc.runs.gate import require_modality
 from vectorsvc.state import AppState
 
 
@@ -60,10 +59,6 @@ class Prepared:
         if isinstance(content, TextContent):
             return "text:" + content.text
         return "image:" + self.media[content.media_ref].sha256
-
-
-def modality_of(content: Content) -> str:
-    return "text" if isinstance(content, TextContent) else "image"
 
 
 def check_content(state: AppState, model: ModelSpec, content: Content) -> None:
@@ -125,7 +120,6 @@ async def prepare_each(
         problems: dict[int, ServiceError] = {}
         for i, content in enumerate(contents):
             try:
-                require_modality(model, modality_of(content), content.field)
                 check_content(state, model, content)
                 if isinstance(content, ImageContent):
                     resolve_media(state, workspace_id=workspace_id, content=content, known=known)

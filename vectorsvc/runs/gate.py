@@ -5,6 +5,8 @@
 - `run_context` (here): the model is published, offers the mode (`ModelSpec.require_mode`),
   takes the input's modalities (`require_modality`), and the input and params satisfy the
   mode's published contract (`models.yaml`, JSON Schema); then the namespace is resolved;
+- `check_item` (here): a background run's items, one by one as the run goes, by the same
+  modality rule and the same contract's item schema;
 - the mode handlers (`service`) parse the checked input into typed values (`inputs`) and
   apply the server's limits (items per run, top_k, metadata depth and keys).
 """
@@ -71,11 +73,23 @@ _MODALITY_KEYS = {"text": "text", "texts": "text", "image": "image", "images": "
 
 def check_input_modalities(model: ModelSpec, data: dict[str, Any]) -> None:
     """A clear 422 `modality_not_supported` before the contract's "field required" would."""
-    places: list[tuple[str, dict[str, Any]]] = [("input", data)]
+    _check_modalities(model, data, "input")
     items = data.get("items")
     if isinstance(items, list):
-        places += [(f"input.items[{i}]", it) for i, it in enumerate(items) if isinstance(it, dict)]
-    for prefix, obj in places:
+        for i, item in enumerate(items):
+            _check_modalities(model, item, f"input.items[{i}]")
+
+
+def check_item(model: ModelSpec, item: Any, position: int) -> None:
+    """A background run's item `input.items[position]`, checked alone as the run goes: its
+    modalities, then the index contract's item schema (the gate checks a synchronous run's
+    items with its whole input, `run_context`)."""
+    _check_modalities(model, item, f"input.items[{position}]")
+    model.contracts["index"].check_item(item, position)
+
+
+def _check_modalities(model: ModelSpec, obj: Any, prefix: str) -> None:
+    if isinstance(obj, dict):
         for key, modality in _MODALITY_KEYS.items():
             if key in obj:
                 require_modality(model, modality, f"{prefix}.{key}")
@@ -83,7 +97,7 @@ def check_input_modalities(model: ModelSpec, data: dict[str, Any]) -> None:
 
 def require_modality(model: ModelSpec, modality: str, field: str) -> None:
     """The modality rule, in one place: a synchronous run's input is checked by
-    `check_input_modalities`, a background run's items one by one (`content.prepare_each`)."""
+    `check_input_modalities`, a background run's items one by one (`check_item`)."""
     if modality not in model.modalities:
         raise ValidationFailed(
             f"{field}: model {model.slug!r} does not take {modality} inputs; "

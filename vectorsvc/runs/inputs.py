@@ -1,11 +1,10 @@
 """Typed `input` and `params` for each mode.
 
-A synchronous run's input and params have passed the mode's published contract
-(`models.yaml`, JSON Schema) at the gate, so the models here only parse them, except for
-what the contract cannot say: the server's limits on metadata (depth, keys, numbers, size).
-`IndexItem` is also the gate of a background run's items, which are checked one by one as
-the run goes, not against the contract (a bad item fails alone, with its own message): its
-shape rules mirror the contract's item schema.
+A run's input and params have passed the mode's published contract (`models.yaml`, JSON
+Schema) before they get here: a synchronous run's whole input at the gate
+(`gate.run_context`), a background run's items one by one as it goes (`gate.check_item`). So
+the models here only parse them, except for what the contract cannot say: the server's
+limits on an item's metadata (depth, keys, numbers, size).
 """
 
 from __future__ import annotations
@@ -16,21 +15,18 @@ from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from vectorsvc.config import Settings
 from vectorsvc.errors import ValidationFailed
-from vectorsvc.points.metadata import METADATA_KEY_RULE, number_problem
+from vectorsvc.points.metadata import number_problem
 
 MAX_METADATA_BYTES = 16_384
-MAX_ID_CHARS = 256
 # Error types of our own validators that become the error's `code` as they are.
 _CONTRACT_CODES = frozenset({"metadata_too_deep", "metadata_too_many_keys", "invalid_number"})
 
@@ -65,10 +61,6 @@ def validate_part(model: type[M], data: Any, *, prefix: str, context: Any = None
             message = f"unknown field; {prefix} accepts: {allowed}"
         code = first["type"] if first["type"] in _CONTRACT_CODES else None
         raise ValidationFailed(f"{path}: {message}", field=path, code=code) from None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _check_metadata_tree(value: dict[str, Any], limits: MetadataLimits) -> None:
@@ -111,52 +103,34 @@ def _check_metadata_tree(value: dict[str, Any], limits: MetadataLimits) -> None:
 def _check_metadata(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     limits = info.context if isinstance(info.context, MetadataLimits) else MetadataLimits()
     _check_metadata_tree(value, limits)
-    for key in value:
-        if not METADATA_KEY_RULE.match(key):
-            raise ValueError(
-                f"metadata key {key!r} must match {METADATA_KEY_RULE.pattern} "
-                "(letters, digits, '_' and '-', at most 64 characters)"
-            )
     if len(json.dumps(value, ensure_ascii=False)) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
     return value
 
 
-class MediaRef(_Strict):
-    media_ref: str = Field(min_length=1, max_length=200)
+class _Parsed(BaseModel):
+    """Typed values of an input or params that the mode's contract (`models.yaml`) has
+    already accepted: parse only, no rule here but the metadata limits."""
 
 
-class IndexItem(_Strict):
-    """One item to index: exactly one of `text` or `image`."""
+class MediaRef(_Parsed):
+    media_ref: str
 
-    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
-    text: str | None = Field(default=None, min_length=1)
+
+class IndexItem(_Parsed):
+    """One item to index: exactly one of `text` or `image` (the contract's rule); its
+    metadata within the server's limits (checked here: the contract cannot say them)."""
+
+    id: str
+    text: str | None = None
     image: MediaRef | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _metadata = field_validator("metadata")(_check_metadata)
 
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("text must not be empty or only whitespace")
-        return value
 
-    @model_validator(mode="after")
-    def _one_content(self) -> IndexItem:
-        if (self.text is None) == (self.image is None):
-            raise ValueError("send exactly one of 'text' or 'image' ({\"media_ref\": ...})")
-        return self
-
-
-class IndexInput(_Strict):
-    items: list[IndexItem] = Field(min_length=1)
-
-
-class _Parsed(BaseModel):
-    """Typed values of an input or params that the mode's contract (`models.yaml`, checked
-    at the gate: `gate.run_context`) has already accepted: parse only, no rule here."""
+class IndexInput(_Parsed):
+    items: list[IndexItem]
 
 
 class ExecuteInput(_Parsed):

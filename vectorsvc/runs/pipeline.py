@@ -1,9 +1,10 @@
 """The index pipeline: prepare items (per-item failures) -> dedupe -> embed -> write and
 charge together. One pipeline serves synchronous runs and background chunks.
 
-- Prepare: `parse_items` validates a background chunk's raw items one by one (a synchronous
-  run's whole `input` is validated by the mode handler); `index_items` then checks each
-  item's content against the model and resolves its media (`content`).
+- Prepare: `parse_items` checks a background chunk's raw items one by one against the mode's
+  contract (a synchronous run's whole `input` is checked at the gate, `gate.run_context`);
+  `index_items` then checks each item's content against the server's limits and resolves
+  its media (`content`).
 - Dedupe: an item whose stored content hash is unchanged is skipped (not embedded, written
   or billed); one this same run stored before a restart is billed, not embedded again.
 - Embed, then `writes.write_and_charge`: the upsert and its charge finish together.
@@ -23,11 +24,11 @@ from functools import partial
 from typing import Any
 
 import anyio
-from pydantic import ValidationError
 
 from embedders.base import Embeddings
 from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.service import quote
+from vectorsvc.errors import ValidationFailed
 from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.points.namespaces import Namespace
@@ -42,7 +43,8 @@ from vectorsvc.runs.content import (
     prepare,
     prepare_each,
 )
-from vectorsvc.runs.inputs import IndexItem, MetadataLimits
+from vectorsvc.runs.gate import check_item
+from vectorsvc.runs.inputs import IndexItem, MetadataLimits, validate_part
 from vectorsvc.runs.intents import ChunkProgress
 from vectorsvc.runs.writes import write_and_charge
 from vectorsvc.state import AppState
@@ -71,21 +73,27 @@ def failure(index: int, item_id: object, code: str, message: str) -> dict[str, A
 
 
 def parse_items(
-    raw_items: Sequence[Any], start: int, end: int, seen: set[str], limits: MetadataLimits
+    model: ModelSpec,
+    raw_items: Sequence[Any],
+    start: int,
+    end: int,
+    seen: set[str],
+    limits: MetadataLimits,
 ) -> ItemBatch:
-    """Validate raw items `start..end-1` one by one: a malformed item or a repeated id
-    (`seen`: the ids taken so far, updated) fails alone."""
+    """Check raw items `start..end-1` one by one (`gate.check_item`: the modality rule and the
+    index contract's item schema; then the server's metadata limits as `IndexItem` parses):
+    an item that breaks a rule, or repeats an id (`seen`: the ids taken so far, updated),
+    fails alone (`invalid_item`, or the rule's own code: `modality_not_supported`)."""
     batch = ItemBatch([], [])
     for pos in range(start, end):
         raw = raw_items[pos]
         raw_id = raw.get("id") if isinstance(raw, dict) else None
         try:
-            item = IndexItem.model_validate(raw, context=limits)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "item"
-            message = f"{where}: {first['msg'].removeprefix('Value error, ')}"
-            batch.failures.append(failure(pos, raw_id, "invalid_item", message))
+            check_item(model, raw, pos)
+            item = validate_part(IndexItem, raw, prefix=f"input.items[{pos}]", context=limits)
+        except ValidationFailed as exc:
+            code = exc.code if exc.code == "modality_not_supported" else "invalid_item"
+            batch.failures.append(failure(pos, raw_id, code, exc.message))
             continue
         if item.id in seen:
             message = f"id {item.id!r} appears earlier in this run"
@@ -97,11 +105,16 @@ def parse_items(
     return batch
 
 
-def item_contents(items: Sequence[IndexItem], *, offset: int = 0) -> list[Content]:
+def item_contents(
+    items: Sequence[IndexItem], positions: Sequence[int] | None = None
+) -> list[Content]:
+    """Each item's content, its field named by the item's position in the run (`positions`,
+    default: its index in `items`)."""
+    where = range(len(items)) if positions is None else positions
     return [
-        TextContent(item.text, f"input.items[{offset + i}].text")
+        TextContent(item.text, f"input.items[{where[i]}].text")
         if item.text is not None
-        else ImageContent(_media_ref(item), f"input.items[{offset + i}].image")
+        else ImageContent(_media_ref(item), f"input.items[{where[i]}].image")
         for i, item in enumerate(items)
     ]
 
@@ -217,7 +230,7 @@ async def index_items(
     the run's funds, which the charge draws its part of (else it reserves its own).
     """
     items, positions, failures = batch.items, batch.positions, batch.failures
-    contents = item_contents(items)
+    contents = item_contents(items, positions)
     if strict:
         prepared = await prepare(
             state, model=model, workspace_id=ns.workspace_id, contents=contents
