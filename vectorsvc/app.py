@@ -59,7 +59,7 @@ def build_state(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url)
     db.migrate()
-    registry = ModelRegistry.from_file()
+    registry = ModelRegistry.from_settings(settings)
     store = open_configured_store(settings)
     embedder_settings = EmbedderSettings.from_settings(settings)
     workers, threads = model_parallelism(settings.model_workers, settings.model_threads)

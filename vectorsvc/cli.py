@@ -20,7 +20,7 @@ from vectorsvc.db.database import Database
 from vectorsvc.db.tables import Workspace
 from vectorsvc.embedding import EmbedderSettings
 from vectorsvc.errors import ServiceError, ValidationFailed
-from vectorsvc.model_registry.registry import ModelRegistry
+from vectorsvc.model_registry.registry import ModelRegistry, RegistryError
 from vectorsvc.observability import configure_logging
 from vectorsvc.workspaces.service import DEV_WORKSPACE, create_workspace, get_workspace_by_name
 
@@ -45,6 +45,14 @@ def _settings(args: argparse.Namespace) -> Settings:
         ]
         message = "invalid settings: " + "; ".join(reasons)
         raise ServiceError(message, code="invalid_settings") from None
+
+
+def _registry(settings: Settings) -> ModelRegistry:
+    """The configured model registry, checked; a broken one is an error, not a traceback."""
+    try:
+        return ModelRegistry.from_settings(settings)
+    except RegistryError as exc:
+        raise ServiceError(str(exc), code="invalid_model_registry") from None
 
 
 def _database(settings: Settings) -> Database:
@@ -81,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     for warning in settings.production_warnings():
         logger.warning(warning)
+    _registry(settings)  # fail fast on a broken registry, before anything starts
     db = _database(settings)
     key = bootstrap_dev_workspace(settings, db)
     db.close()
@@ -329,7 +338,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     checks = _embedder_settings(settings)
-    for spec in ModelRegistry.from_file().models:
+    for spec in _registry(settings).models:
         try:
             checks.check(spec)
             state = "available"
@@ -345,7 +354,7 @@ HUB_REPOS = {"clip-vit-b-32": "sentence-transformers/clip-ViT-B-32"}
 
 def cmd_models_download(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    ModelRegistry.from_file().get(args.slug)
+    _registry(settings).get(args.slug)
     repo = HUB_REPOS.get(args.slug)
     if repo is None:
         print(f"{args.slug}: its weights ship in an installed package; nothing to download")

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         default=None, description="Local model weights; default <data_dir>/models"
     )
+    # The operator's model registry (same schema as the packaged
+    # vectorsvc/model_registry/models.yaml, the default); checked at start-up.
+    models_file: Path | None = Field(
+        default=None, description="Model registry YAML; default the packaged models.yaml"
+    )
     # Off by default: a service should not fetch gigabytes at request time. Turn on (or use
     # `vectorsvc models download SLUG`) where the model hub is reachable.
     allow_model_downloads: bool = False

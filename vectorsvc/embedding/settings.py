@@ -51,6 +51,8 @@ class EmbedderSettings:
         keys = config_keys(spec.embedder.kind)
         config.setdefault("batch_size", self.batch_size)
         config.setdefault("models_dir", self.models_dir)
+        if "name" in keys:  # logs and errors name the model by its slug
+            config.setdefault("name", spec.slug)
         if "allow_download" in keys:
             config.setdefault("allow_download", self.allow_downloads)
         if "backend" in keys:

@@ -1,4 +1,9 @@
-"""The model registry: published models as data (`models.yaml`), looked up by slug.
+"""The model registry: published models as data, looked up by slug.
+
+The data is the operator's: `VECTORSVC_MODELS_FILE` names a registry file, the packaged
+`models.yaml` is the default. `ModelRegistry.from_file` checks the whole file before the
+service uses any of it and raises `RegistryError` naming each broken model and field
+(`models[2] (slug 'my-model').pricing.search.micro_credits_per_unit: ...`).
 
 Each model carries, per mode, its contract (`contracts.ModeContract`) and its price
 (`pricing.ModePrice`); `validate_run_contract` and `example_request` read them for one mode.
@@ -11,8 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from embedders.factory import EmbedderKind, validate_config
+from embedders.sentence_transformer import MINILM_NAME
+from vectorsvc.config import Settings
 from vectorsvc.errors import NotFound, ValidationFailed
 from vectorsvc.model_registry.contracts import ModeContract
 from vectorsvc.model_registry.pricing import ModePrice
@@ -25,10 +33,28 @@ DEFAULT_REGISTRY = Path(__file__).with_name("models.yaml")
 EXAMPLE_SCOPE = "playground"
 
 
+# Keys of an embedder config that say where its weights are (see each adapter's config).
+_WEIGHTS_KEYS = ("path", "model")
+# How many problems one RegistryError lists.
+MAX_REPORTED_PROBLEMS = 20
+
+
+class RegistryError(ValueError):
+    """The registry file cannot be used; the message names each model and field at fault."""
+
+
 class EmbedderRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str
     config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_kind_and_config(self) -> EmbedderRef:
+        # Closed sets, checked without loading weights: the kind, then its config keys and
+        # value types (each error lists what is allowed).
+        EmbedderKind.parse(self.kind)
+        validate_config(self.kind, **self.config)
+        return self
 
 
 class Availability(BaseModel):
@@ -66,6 +92,23 @@ class ModelSpec(BaseModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _says_where_its_weights_are(self) -> ModelSpec:
+        # A sentence-transformers entry that names no weights loads all-MiniLM-L6-v2: under
+        # any other slug that would publish MiniLM's vectors as another model's.
+        config = self.embedder.config
+        if (
+            self.embedder.kind == EmbedderKind.SENTENCE_TRANSFORMER_TEXT
+            and self.slug != MINILM_NAME
+            and not any(config.get(key) for key in _WEIGHTS_KEYS)
+        ):
+            raise ValueError(
+                "embedder.config: say where the weights are: path (an absolute local folder "
+                "holding the sentence-transformers model) or model (a hub id); without either "
+                f"this model would serve {MINILM_NAME}"
+            )
+        return self
+
     def require_mode(self, mode: str) -> None:
         if mode not in self.modes:
             raise ValidationFailed(
@@ -92,9 +135,16 @@ class ModelRegistry:
         self._by_slug = {m.slug: m for m in models}
 
     @classmethod
-    def from_file(cls, path: Path = DEFAULT_REGISTRY) -> ModelRegistry:
-        data = yaml.safe_load(path.read_text())
-        return cls(RegistryFile.model_validate(data).models)
+    def from_file(cls, path: Path | None = None) -> ModelRegistry:
+        """Load and check a registry file (default: the packaged one); `RegistryError` says
+        what is wrong, naming the file, each model (index and slug) and field."""
+        path = path or DEFAULT_REGISTRY
+        return cls(_read_registry(path).models)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        """The registry the service runs with: `VECTORSVC_MODELS_FILE`, else the packaged one."""
+        return cls.from_file(settings.models_file)
 
     @cached_property
     def models(self) -> list[ModelSpec]:
@@ -132,3 +182,53 @@ def example_request(spec: ModelSpec, mode: str) -> dict[str, Any]:
     body["input"] = example.input
     body["params"] = example.params
     return body
+
+
+def _read_registry(path: Path) -> RegistryFile:
+    where = f"model registry {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{where}: cannot be read ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{where}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise RegistryError(
+            f"{where}: must be a YAML mapping with a 'models' list (and optional 'schemas'), "
+            f"not {type(data).__name__}"
+        )
+    try:
+        registry = RegistryFile.model_validate(data)
+    except ValidationError as exc:
+        raise RegistryError(f"{where}: " + "; ".join(_problems(exc, data))) from None
+    seen: dict[str, int] = {}
+    for index, spec in enumerate(registry.models):
+        if spec.slug in seen:
+            raise RegistryError(
+                f"{where}: models[{index}] (slug {spec.slug!r}).slug: duplicate; "
+                f"models[{seen[spec.slug]}] has the same slug"
+            )
+        seen[spec.slug] = index
+    return registry
+
+
+def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    """Each error as `models[2] (slug 'x').pricing.search.unit: message`."""
+    models = data.get("models")
+    problems: list[str] = []
+    for error in exc.errors()[:MAX_REPORTED_PROBLEMS]:
+        loc = list(error["loc"])
+        field = ""
+        if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+            index = loc[1]
+            entry = models[index] if isinstance(models, list) else None
+            slug = entry.get("slug") if isinstance(entry, dict) else None
+            field = f"models[{index}]" + (f" (slug {slug!r})" if isinstance(slug, str) else "")
+            loc = loc[2:]
+        for part in loc:
+            field += f"[{part}]" if isinstance(part, int) else f".{part}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{field.lstrip('.')}: {message}" if field else message)
+    return problems
