@@ -32,16 +32,25 @@ EXPIRED_UPLOAD_RETENTION = timedelta(days=1)
 PURGE_BATCH = 500
 
 
+def _lock_blob_row(session: Session, sha256: str) -> bool:
+    """Lock blob `sha256`'s row until the session commits (touching `last_used_at`);
+    whether the row exists."""
+    return (
+        session.execute(
+            update(MediaBlob)
+            .where(MediaBlob.sha256 == sha256)
+            .values(last_used_at=utcnow())
+            .returning(MediaBlob.sha256)
+        ).first()
+        is not None
+    )
+
+
 def hold_blob(session: Session, sha256: str, size_bytes: int) -> None:
     """Lock blob `sha256`'s row, inserting it if absent, until the session commits: the
     collector and deletes lock it before they delete the file (see `drop_blob_if_unused`)."""
-    held = session.execute(
-        update(MediaBlob)
-        .where(MediaBlob.sha256 == sha256)
-        .values(last_used_at=utcnow())
-        .returning(MediaBlob.sha256)
-    ).first()
-    if held is None:
+    held = _lock_blob_row(session, sha256)
+    if not held:
         session.add(MediaBlob(sha256=sha256, size_bytes=size_bytes))
         session.flush()  # IntegrityError on Postgres if another upload inserts it now
 
@@ -56,13 +65,8 @@ def drop_blob_if_unused(
     crash) by inserting its row, which raises `IntegrityError` on Postgres when an upload
     is inserting it at the same moment.
     """
-    held = session.execute(
-        update(MediaBlob)
-        .where(MediaBlob.sha256 == sha256)
-        .values(last_used_at=utcnow())
-        .returning(MediaBlob.sha256)
-    ).first()
-    if held is None:
+    held = _lock_blob_row(session, sha256)
+    if not held:
         if not adopt_orphan:
             return 0  # no row: the collector deals with the file
         session.add(MediaBlob(sha256=sha256, size_bytes=blobs.blob_size(sha256)))
