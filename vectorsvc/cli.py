@@ -55,6 +55,14 @@ def _registry(settings: Settings) -> ModelRegistry:
         raise ServiceError(str(exc), code="invalid_model_registry") from None
 
 
+def _media_store(settings: Settings) -> None:
+    """Open the configured media store once: an S3 bucket that is unreachable or refuses the
+    credentials is an error naming the store and the reason (`MediaStoreUnavailable`)."""
+    from vectorsvc.media.stores import open_media_store
+
+    open_media_store(settings)
+
+
 def _database(settings: Settings) -> Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url)
@@ -90,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in settings.production_warnings():
         logger.warning(warning)
     _registry(settings)  # fail fast on a broken registry, before anything starts
+    _media_store(settings)  # and on a media bucket we cannot reach or may not use
     db = _database(settings)
     key = bootstrap_dev_workspace(settings, db)
     db.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -12,6 +13,22 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> `("bucket", "some/prefix/")`; `s3://bucket` -> prefix ""."""
+    parts = urlsplit(url)
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if parts.scheme != "s3" or not _S3_BUCKET.match(bucket) or parts.query or parts.fragment:
+        raise ValueError(
+            "must be s3://BUCKET or s3://BUCKET/PREFIX (a bucket name of 3 to 63 lower-case "
+            "letters, digits, dots and hyphens), or unset for <data_dir>/media"
+        )
+    if any(segment in ("", ".", "..") for segment in prefix.split("/")) and prefix:
+        raise ValueError("the prefix after the bucket must have no empty, . or .. segments")
+    return bucket, f"{prefix}/" if prefix else ""
 
 
 class Settings(BaseSettings):
@@ -156,6 +173,11 @@ class Settings(BaseSettings):
     media_gc_interval_s: float = Field(default=3600.0, ge=0)
     # Rendered thumbnails kept in memory, per workspace, least recently used out first.
     thumbnail_cache_mb: int = Field(default=64, ge=0, le=65536)
+    # Where media bytes live: unset, <data_dir>/media on this machine; s3://bucket/prefix,
+    # an S3 bucket every replica shares (credentials and region: the standard AWS_*
+    # variables; docs/deployment.md). The endpoint points at an S3-compatible server (MinIO).
+    media_url: str | None = None
+    media_s3_endpoint_url: str | None = None
 
     # Deployment (see docs/deployment.md, "Safe deployment defaults"). Production creates no
     # `dev` workspace, so no API key is ever printed; the image sets it.
@@ -224,6 +246,34 @@ class Settings(BaseSettings):
     # decodes run at once in the process, each holding one full-resolution image.
     max_decoded_pixels_per_run: int = Field(default=1_000_000_000, ge=1)
     image_decode_concurrency: int = Field(default=2, ge=1, le=64)
+
+    @field_validator("media_url")
+    @classmethod
+    def _media_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        split_s3_url(value)
+        return value
+
+    @field_validator("media_s3_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:
+            # Not echoed: the message must not carry what looks like a credential.
+            raise ValueError(
+                "must carry no user name or password; give credentials in AWS_ACCESS_KEY_ID "
+                "and AWS_SECRET_ACCESS_KEY"
+            )
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, e.g. http://minio:9000"
+            )
+        return value.rstrip("/")
 
     @field_validator("qdrant_url")
     @classmethod

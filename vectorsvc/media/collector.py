@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from vectorsvc.db.database import Database
 from vectorsvc.db.tables import Media, MediaBlob, MediaUpload
 from vectorsvc.media.objects import EXPIRED, PENDING, RECEIVED, utcnow
-from vectorsvc.media.storage import BlobStore
+from vectorsvc.media.storage import MediaStore
 
 # How many expired uploads one sweep deletes the bytes of (sweeps run on init).
 SWEEP_BATCH = 100
@@ -56,7 +56,7 @@ def hold_blob(session: Session, sha256: str, size_bytes: int) -> None:
 
 
 def drop_blob_if_unused(
-    session: Session, blobs: BlobStore, sha256: str, *, adopt_orphan: bool
+    session: Session, blobs: MediaStore, sha256: str, *, adopt_orphan: bool
 ) -> int:
     """Delete blob `sha256` if no media row uses it; the bytes freed.
 
@@ -79,7 +79,7 @@ def drop_blob_if_unused(
     return freed
 
 
-def sweep_expired(db: Database, blobs: BlobStore, *, now: datetime | None = None) -> int:
+def sweep_expired(db: Database, blobs: MediaStore, *, now: datetime | None = None) -> int:
     """Drop the received bytes of uploads that expired before completion."""
     now = now or utcnow()
     with db.session() as session:
@@ -90,12 +90,12 @@ def sweep_expired(db: Database, blobs: BlobStore, *, now: datetime | None = None
         ).all()
         for row in rows:
             row.status = EXPIRED
-            blobs.incoming_path(row.id).unlink(missing_ok=True)
+            blobs.remove_incoming(row.id)
         return len(rows)
 
 
 def collect(
-    db: Database, blobs: BlobStore, *, upload_ttl: timedelta, now: datetime | None = None
+    db: Database, blobs: MediaStore, *, upload_ttl: timedelta, now: datetime | None = None
 ) -> CollectReport:
     """Purge expired uploads and remove every file the store holds for nothing. Blocking;
     safe beside uploads, completions and deletes, in this and other processes."""
@@ -108,9 +108,7 @@ def collect(
         db, blobs, before=now - upload_ttl - timedelta(hours=1)
     )
     report.partial_removed = blobs.sweep_temp()
-    for legacy in blobs.legacy_files():
-        legacy.unlink(missing_ok=True)
-        report.legacy_thumbnails_removed += 1
+    report.legacy_thumbnails_removed = blobs.remove_legacy_files()
     for sha256 in _unused_blob_candidates(db, blobs):
         try:
             with db.session() as session:
@@ -123,7 +121,7 @@ def collect(
     return report
 
 
-def _purge_uploads(db: Database, blobs: BlobStore, *, before: datetime) -> int:
+def _purge_uploads(db: Database, blobs: MediaStore, *, before: datetime) -> int:
     """Delete the rows (and any received bytes) of uploads that expired before `before`."""
     purged = 0
     while True:
@@ -140,11 +138,11 @@ def _purge_uploads(db: Database, blobs: BlobStore, *, before: datetime) -> int:
                 return purged
             session.execute(delete(MediaUpload).where(MediaUpload.id.in_(ids)))
             for upload_id in ids:
-                blobs.incoming_path(upload_id).unlink(missing_ok=True)
+                blobs.remove_incoming(upload_id)
             purged += len(ids)
 
 
-def _remove_orphaned_incoming(db: Database, blobs: BlobStore, *, before: datetime) -> int:
+def _remove_orphaned_incoming(db: Database, blobs: MediaStore, *, before: datetime) -> int:
     """Delete received bodies no received upload owns (a crash between the move and the
     commit). Only old ones: a PUT moves its body in before its transaction commits."""
     cutoff = before.timestamp()
@@ -162,12 +160,12 @@ def _remove_orphaned_incoming(db: Database, blobs: BlobStore, *, before: datetim
             )
         for upload_id in batch:
             if upload_id not in owned:
-                blobs.incoming_path(upload_id).unlink(missing_ok=True)
+                blobs.remove_incoming(upload_id)
                 removed += 1
     return removed
 
 
-def _unused_blob_candidates(db: Database, blobs: BlobStore) -> list[str]:
+def _unused_blob_candidates(db: Database, blobs: MediaStore) -> list[str]:
     """Digests that may be unused: rows no media row refers to, and files without a row.
     Each is checked again, under its row's lock, before anything is deleted."""
     with db.session() as session:

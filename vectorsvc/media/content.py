@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import IO
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
@@ -198,7 +199,7 @@ def _too_many_pixels(detail: str, max_pixels: int, field: str) -> ServiceError:
     )
 
 
-def open_image(path: Path, *, max_pixels: int, field: str = "media_ref") -> Image.Image:
+def open_image(path: Path | IO[bytes], *, max_pixels: int, field: str = "media_ref") -> Image.Image:
     """Open (header only) an image and refuse it before decoding if it has too many pixels.
 
     Our own limit is checked on the declared size; Pillow's `DecompressionBombError`
@@ -220,7 +221,7 @@ def open_image(path: Path, *, max_pixels: int, field: str = "media_ref") -> Imag
 
 
 def load_rgb(
-    path: Path,
+    path: Path | IO[bytes],
     *,
     max_pixels: int,
     min_side: int | None = None,

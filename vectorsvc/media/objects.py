@@ -7,9 +7,11 @@ renders a thumbnail. `MediaService` wraps them with the configured limits and a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import IO
 
 from PIL import Image
 
@@ -27,7 +29,7 @@ from vectorsvc.media.content import (
 from vectorsvc.media.schemas import (
     MediaPublic,
 )
-from vectorsvc.media.storage import blob_path
+from vectorsvc.media.storage import MediaStore
 from vectorsvc.media.thumbnails import render_thumbnail, thumbnail_side
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
@@ -46,7 +48,7 @@ def aware(value: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class MediaObject:
-    """A stored media item, resolved for one workspace. `path` is the blob on local disk."""
+    """A stored media item, resolved for one workspace; `open()` reads its blob from `store`."""
 
     media_ref: str
     workspace_id: str
@@ -58,7 +60,18 @@ class MediaObject:
     width: int | None
     height: int | None
     created_at: datetime
-    path: Path
+    store: MediaStore = field(repr=False, compare=False)
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[IO[bytes]]:
+        """The blob's bytes (seekable); `404 media_not_found` if it was deleted after it was
+        resolved (a concurrent DELETE), rather than undecodable."""
+        try:
+            handle = self.store.open_blob(self.sha256)
+        except FileNotFoundError:
+            raise media_not_found(self.media_ref, "media_ref") from None
+        with handle as stream:
+            yield stream
 
     @property
     def is_image(self) -> bool:
@@ -87,7 +100,7 @@ def media_not_found(media_ref: str, field: str) -> NotFound:
     )
 
 
-def to_media_object(row: Media, media_dir: Path) -> MediaObject:
+def to_media_object(row: Media, store: MediaStore) -> MediaObject:
     return MediaObject(
         media_ref=row.media_ref,
         workspace_id=row.workspace_id,
@@ -99,14 +112,14 @@ def to_media_object(row: Media, media_dir: Path) -> MediaObject:
         width=row.width,
         height=row.height,
         created_at=aware(row.created_at),
-        path=blob_path(media_dir, row.sha256),
+        store=store,
     )
 
 
 def resolve_media(
     db: Database,
     *,
-    media_dir: Path,
+    store: MediaStore,
     workspace_id: str,
     media_ref: str,
     field: str = "media_ref",
@@ -114,13 +127,13 @@ def resolve_media(
     """The media `media_ref` of `workspace_id`, or `404 media_not_found` naming `field`.
 
     Another workspace's ref is not found either: refs are never shared across workspaces.
-    Blocking (one database read); `media_dir` is `settings.media_dir`.
+    Blocking (one database read); `store` is where its blob is read from.
     """
     with db.session() as session:
         row = session.get(Media, (workspace_id, media_ref))
         if row is None:
             raise media_not_found(media_ref, field)
-        return to_media_object(row, media_dir)
+        return to_media_object(row, store)
 
 
 def load_image(
@@ -134,8 +147,8 @@ def load_image(
     `min_side` and `max_aspect` make it smaller while decoding (see `load_rgb`)."""
     if not media.is_image:
         raise _not_an_image(media)
-    _require_blob(media)
-    return load_rgb(media.path, max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect)
+    with media.open() as stream:
+        return load_rgb(stream, max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect)
 
 
 def thumbnail_bytes(
@@ -146,14 +159,8 @@ def thumbnail_bytes(
     side = thumbnail_side(max_side)
     if not media.is_image:
         raise _not_an_image(media)
-    _require_blob(media)
-    return render_thumbnail(media.path, side, max_pixels=max_pixels)
-
-
-def _require_blob(media: MediaObject) -> None:
-    # Deleted after it was resolved (a concurrent DELETE): not found, rather than undecodable.
-    if not media.path.is_file():
-        raise media_not_found(media.media_ref, "media_ref")
+    with media.open() as stream:
+        return render_thumbnail(stream, side, max_pixels=max_pixels)
 
 
 def _not_an_image(media: MediaObject) -> ValidationFailed:

@@ -2,8 +2,9 @@
 
 Upload: `init_upload` records a pending upload and returns a single-use PUT token;
 `receive_upload` streams the PUT body to a temp file (never more than the byte limit),
-checks size and content, and moves it to `incoming/`; `complete_upload` moves it into the
-content-addressed store and records the `media_ref`. A rejected PUT stores nothing and
+checks size and content, and hands it to the store's `incoming/`; `complete_upload` makes
+it a content-addressed blob and records the `media_ref`. The store is local disk or S3
+(`storage.MediaStore`, picked by `stores.open_media_store`). A rejected PUT stores nothing and
 leaves the upload pending, so the client may PUT the right bytes again until it expires.
 
 Use: `MediaService.resolve` (or `objects.resolve_media`) turns a workspace's `media_ref`
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -81,7 +81,8 @@ from vectorsvc.media.schemas import (
     UploadInitPublic,
     UploadReceivedPublic,
 )
-from vectorsvc.media.storage import BlobStore
+from vectorsvc.media.storage import MediaStore
+from vectorsvc.media.stores import open_media_store
 from vectorsvc.media.thumbnails import ThumbnailCache, thumbnail_side
 
 UPLOAD_ID_PREFIX = "studio_upload_"
@@ -139,13 +140,13 @@ def _size_mismatch(received: str, declared: int) -> BadRequest:
 
 
 class MediaService:
-    """The media flow over one database and one blob store, with the configured limits."""
+    """The media flow over one database and one media store, with the configured limits."""
 
     def __init__(
         self,
         *,
         db: Database,
-        blobs: BlobStore,
+        blobs: MediaStore,
         max_upload_bytes: int,
         upload_ttl_s: int,
         max_image_pixels: int,
@@ -169,7 +170,7 @@ class MediaService:
     def from_settings(cls, settings: Settings, db: Database) -> MediaService:
         return cls(
             db=db,
-            blobs=BlobStore(settings.media_dir),
+            blobs=open_media_store(settings),
             max_upload_bytes=settings.max_upload_bytes,
             upload_ttl_s=settings.upload_ttl_s,
             max_image_pixels=settings.max_image_pixels,
@@ -348,8 +349,8 @@ class MediaService:
                     field="upload_url",
                     code="upload_already_received",
                 )
-            # Inside the transaction: if the move fails, the upload stays pending.
-            os.replace(temp, self.blobs.incoming_path(upload_id))
+            # Inside the transaction: if storing fails, the upload stays pending.
+            self.blobs.put_incoming(upload_id, temp, sha256=sha256)
 
     def complete_upload(self, *, workspace_id: str, upload_id: str) -> UploadCompletePublic:
         """Store the received bytes and return their `media_ref`; idempotent."""
@@ -397,7 +398,7 @@ class MediaService:
             if claimed is None:
                 return None  # a concurrent complete won: read its result
             collector.hold_blob(session, upload.sha256, upload.size_bytes)
-            self.blobs.adopt(self.blobs.incoming_path(upload_id), upload.sha256)
+            self.blobs.adopt(upload_id, upload.sha256, upload.size_bytes)
             media = Media(
                 workspace_id=workspace_id,
                 media_ref=media_ref,
@@ -425,7 +426,7 @@ class MediaService:
         """The workspace's media `media_ref`, or `404 media_not_found` naming `field`."""
         return resolve_media(
             self.db,
-            media_dir=self.blobs.root,
+            store=self.blobs,
             workspace_id=workspace_id,
             media_ref=media_ref,
             field=field,

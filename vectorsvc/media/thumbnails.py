@@ -18,6 +18,7 @@ import io
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, ImageOps
 
@@ -50,8 +51,9 @@ def thumbnail_side(max_side: int) -> int:
 _renders = threading.BoundedSemaphore(_RENDERS_AT_ONCE)
 
 
-def render_thumbnail(path: Path, side: int, *, max_pixels: int) -> bytes:
-    """A JPEG of the image at `path`, upright, no larger than `side` on either side."""
+def render_thumbnail(path: Path | IO[bytes], side: int, *, max_pixels: int) -> bytes:
+    """A JPEG of the image at `path` (a file name or an open file), upright, no larger than
+    `side` on either side."""
     with _renders, open_image(path, max_pixels=max_pixels) as image:
         image.draft(None, (side, side))  # JPEG only: decode at a reduced scale
         upright = ImageOps.exif_transpose(image)
