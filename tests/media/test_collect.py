@@ -6,13 +6,12 @@ app's lifespan and `vectorsvc media gc`."""
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -23,11 +22,12 @@ from sqlalchemy.orm import Session
 from embedders.base import Embedder
 from tests.harness import Service, make_settings, running_service
 from tests.helpers import Uploader, encode
-from tests.media.conftest import media_service, stored_files, workspace_id
+from tests.media.conftest import media_service, workspace_id
+from tests.media.stores import StoreView
 from vectorsvc.cli import main
 from vectorsvc.db.tables import MediaUpload
 from vectorsvc.media import collector as media_collector
-from vectorsvc.media.storage import BlobStore
+from vectorsvc.media.storage import MediaStore
 from vectorsvc.model_registry.registry import ModelSpec
 
 if TYPE_CHECKING:
@@ -52,17 +52,15 @@ def upload_ids(service: Service) -> set[str]:
         return set(session.scalars(select(MediaUpload.id)))
 
 
-def put_blob(media_dir: Path, data: bytes) -> Path:
-    """A blob file as a crash would leave it: on disk, no media row."""
-    sha256 = hashlib.sha256(data).hexdigest()
-    path = media_dir / "blobs" / sha256[:2] / sha256
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
+def put_blob(store: StoreView, data: bytes) -> str:
+    """A blob as a crash would leave it: stored, no media row."""
+    name = store.blob(hashlib.sha256(data).hexdigest())
+    store.write(name, data)
+    return name
 
 
 async def test_expired_uploads_lose_their_bytes_at_once_and_their_rows_a_day_later(
-    service: Service, uploader: Uploader
+    store: StoreView, service: Service, uploader: Uploader
 ) -> None:
     pending = await uploader.init_ok(PNG, "image/png")
     received = await uploader.init_ok(PNG, "image/png")
@@ -74,12 +72,13 @@ async def test_expired_uploads_lose_their_bytes_at_once_and_their_rows_a_day_lat
     for ticket in (pending, received):
         expire(service, ticket["upload_id"], timedelta(days=2))
     expire(service, recent["upload_id"], timedelta(seconds=1))
-    incoming = service.settings.media_dir / "incoming"
-    assert {p.name for p in incoming.iterdir()} == {received["upload_id"], recent["upload_id"]}
+    assert store.files() == sorted(
+        [store.blob(done["sha256"]), *(f"incoming/{t['upload_id']}" for t in (received, recent))]
+    )
 
     report = media_service(service).collect()
     assert (report.uploads_expired, report.uploads_purged) == (2, 2)
-    assert list(incoming.iterdir()) == []
+    assert store.files() == [store.blob(done["sha256"])]
     ids = upload_ids(service)
     assert pending["upload_id"] not in ids and received["upload_id"] not in ids
     assert {recent["upload_id"], live["upload_id"]} <= ids
@@ -95,31 +94,27 @@ async def test_expired_uploads_lose_their_bytes_at_once_and_their_rows_a_day_lat
 
 
 async def test_unused_blobs_and_leftovers_are_removed_used_ones_kept(
-    service: Service, uploader: Uploader
+    store: StoreView, service: Service, uploader: Uploader
 ) -> None:
     from vectorsvc.db.tables import MediaBlob
 
-    media_dir = service.settings.media_dir
     used = await uploader.upload(PNG, "image/png")
-    used_blob = media_dir / "blobs" / used["sha256"][:2] / used["sha256"]
-    put_blob(media_dir, b"a crash left me here")
-    registered = put_blob(media_dir, b"my media row was lost")
+    used_blob = store.blob(used["sha256"])
+    put_blob(store, b"a crash left me here")
+    registered = put_blob(store, b"my media row was lost")
     with service.db.session() as session:
-        session.add(MediaBlob(sha256=registered.name, size_bytes=21))
-    legacy = used_blob.with_name(f"{used_blob.name}.thumb256.jpg")
-    legacy.write_bytes(b"a shared thumbnail of an earlier version")
-    old_body = media_dir / "incoming" / "studio_upload_0123"
-    old_body.write_bytes(b"received, never owned")
-    week_ago = time.time() - 7 * 24 * 3600
-    os.utime(old_body, (week_ago, week_ago))
-    new_body = media_dir / "incoming" / "studio_upload_4567"  # maybe a PUT committing now
-    new_body.write_bytes(b"just moved in")
-    old_part = media_dir / "tmp" / "part-0123"
-    old_part.write_bytes(b"a PUT cut by a crash")
-    os.utime(old_part, (week_ago, week_ago))
+        session.add(MediaBlob(sha256=registered.rsplit("/", 1)[-1], size_bytes=21))
+    store.write(f"{used_blob}.thumb256.jpg", b"a shared thumbnail of an earlier version")
+    week = 7 * 24 * 3600
+    store.write("incoming/studio_upload_0123", b"received, never owned")
+    store.age("incoming/studio_upload_0123", week)
+    new_body = "incoming/studio_upload_4567"  # maybe a PUT committing now
+    store.write(new_body, b"just moved in")
+    store.write("tmp/part-0123", b"a PUT cut by a crash")
+    store.age("tmp/part-0123", week)
 
     report = service.app.state.vectorsvc.media.collect()
-    assert stored_files(media_dir) == sorted([used_blob, new_body])
+    assert store.files() == sorted([used_blob, new_body])
     assert (report.blobs_removed, report.bytes_freed) == (2, 20 + 21)
     assert (report.incoming_removed, report.partial_removed) == (1, 1)
     assert report.legacy_thumbnails_removed == 1
@@ -134,7 +129,7 @@ async def test_unused_blobs_and_leftovers_are_removed_used_ones_kept(
 
 
 async def test_collect_never_deletes_a_blob_an_upload_is_completing_with(
-    service: Service, uploader: Uploader, monkeypatch: pytest.MonkeyPatch
+    store: StoreView, service: Service, uploader: Uploader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The collector lists the blob file while the completing upload has moved it in but not
     yet committed its media row; the collector must then wait for that commit and keep it."""
@@ -145,16 +140,15 @@ async def test_collect_never_deletes_a_blob_an_upload_is_completing_with(
 
     real_adopt = completer.blobs.adopt
 
-    def adopt(source: Path, sha256: str) -> Path:
-        path = real_adopt(source, sha256)
+    def adopt(upload_id: str, sha256: str, size_bytes: int) -> None:
+        real_adopt(upload_id, sha256, size_bytes)
         moved_in.set()
         assert collector_checks.wait(10)
         time.sleep(0.3)  # let the collector reach its lock on the blob before the commit
-        return path
 
     real_drop = media_collector.drop_blob_if_unused
 
-    def drop(session: Session, blobs: BlobStore, sha256: str, *, adopt_orphan: bool) -> int:
+    def drop(session: Session, blobs: MediaStore, sha256: str, *, adopt_orphan: bool) -> int:
         collector_checks.set()
         return real_drop(session, blobs, sha256, adopt_orphan=adopt_orphan)
 
@@ -175,28 +169,40 @@ async def test_collect_never_deletes_a_blob_an_upload_is_completing_with(
     )
     await anyio.to_thread.run_sync(thread.join, 20)
     assert reports and reports[0].blobs_removed == 0
-    blob = service.settings.media_dir / "blobs" / done.sha256[:2] / done.sha256
-    assert blob.read_bytes() == PNG
+    assert store.read(store.blob(done.sha256)) == PNG
     r = await service.client.get(f"/api/media/{done.media_ref}/thumbnail", headers=uploader.headers)
     assert r.status_code == 200
 
 
 async def test_the_app_collects_every_interval(
-    tmp_path: Path, models_dir: Path, embedder_loader: Callable[[ModelSpec], Embedder]
+    tmp_path: Path,
+    models_dir: Path,
+    embedder_loader: Callable[[ModelSpec], Embedder],
+    media_store: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = make_settings(tmp_path / "data", models_dir, media_gc_interval_s=0.05)
+    settings = make_settings(tmp_path / "data", models_dir, media_gc_interval_s=0.05, **media_store)
+    store = StoreView(settings, monkeypatch)
     async with running_service(settings, embedder_loader):
-        orphan = put_blob(settings.media_dir, b"collect me")
+        orphan = put_blob(store, b"collect me")
         with anyio.fail_after(30):
-            while orphan.exists():
+            while store.exists(orphan):
                 await anyio.sleep(0.05)
-        assert stored_files(settings.media_dir) == []
+        assert store.files() == []
 
 
-def test_media_gc_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_media_gc_command(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    media_store: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     data = tmp_path / "data"
+    for name, value in media_store.items():  # `vectorsvc` reads its settings from the env
+        monkeypatch.setenv(f"VECTORSVC_{name.upper()}", value)
     assert main(["workspace", "create", "acme", "--data-dir", str(data)]) == 0
-    orphan = put_blob(data / "media", b"collect me")
+    store = StoreView(make_settings(data, tmp_path / "models", **media_store), monkeypatch)
+    orphan = put_blob(store, b"collect me")
     assert main(["media", "gc", "--data-dir", str(data)]) == 0
     assert "blobs_removed: 1" in capsys.readouterr().out
-    assert not orphan.exists()
+    assert not store.exists(orphan)

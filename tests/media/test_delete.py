@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.harness import Service
 from tests.helpers import Uploader, encode
-from tests.media.conftest import stored_files
+from tests.media.stores import StoreView
 
 pytestmark = pytest.mark.anyio
 
@@ -19,7 +19,7 @@ IMAGE_MODEL = "image-similarity"
 
 
 def blob(service: Service, sha256: str) -> str:
-    return str(service.settings.media_dir / "blobs" / sha256[:2] / sha256)
+    return StoreView.blob(sha256)
 
 
 async def delete(service: Service, uploader: Uploader, ref: str) -> int:
@@ -29,18 +29,18 @@ async def delete(service: Service, uploader: Uploader, ref: str) -> int:
     return r.status_code
 
 
-async def test_delete_removes_the_media_and_its_blob(service: Service, uploader: Uploader) -> None:
+async def test_delete_removes_the_media_and_its_blob(
+    store: StoreView, service: Service, uploader: Uploader
+) -> None:
     ticket = await uploader.init_ok(PNG, "image/png")
     assert (await uploader.put(ticket["upload_url"], PNG)).status_code == 200
     done = (await uploader.complete(ticket["upload_id"])).json()
     ref = done["media_ref"]
     await service.client.get(f"/api/media/{ref}/thumbnail", headers=uploader.headers)
-    assert [str(p) for p in stored_files(service.settings.media_dir)] == [
-        blob(service, done["sha256"])
-    ]
+    assert store.files() == [blob(service, done["sha256"])]
 
     assert await delete(service, uploader, ref) == 204
-    assert stored_files(service.settings.media_dir) == []
+    assert store.files() == []
     for path in (f"/api/media/{ref}", f"/api/media/{ref}/thumbnail"):
         r = await service.client.get(path, headers=uploader.headers)
         assert r.status_code == 404
@@ -52,25 +52,23 @@ async def test_delete_removes_the_media_and_its_blob(service: Service, uploader:
     assert await delete(service, uploader, ref) == 404
     # The same bytes can be uploaded again.
     again = await uploader.upload(PNG, "image/png")
-    assert [str(p) for p in stored_files(service.settings.media_dir)] == [
-        blob(service, again["sha256"])
-    ]
+    assert store.files() == [blob(service, again["sha256"])]
 
 
-async def test_a_blob_another_workspace_uses_is_kept(service: Service, uploader: Uploader) -> None:
+async def test_a_blob_another_workspace_uses_is_kept(
+    store: StoreView, service: Service, uploader: Uploader
+) -> None:
     other = Uploader(service, service.new_key("other-co"))
     mine = await uploader.upload(PNG, "image/png")
     theirs = await other.upload(PNG, "image/png")
     assert await delete(service, uploader, mine["media_ref"]) == 204
-    assert [str(p) for p in stored_files(service.settings.media_dir)] == [
-        blob(service, mine["sha256"])
-    ]
+    assert store.files() == [blob(service, mine["sha256"])]
     r = await service.client.get(
         f"/api/media/{theirs['media_ref']}/thumbnail", headers=other.headers
     )
     assert r.status_code == 200
     assert await delete(service, other, theirs["media_ref"]) == 204
-    assert stored_files(service.settings.media_dir) == []
+    assert store.files() == []
 
 
 async def test_another_workspaces_media_is_404_and_stays(
@@ -93,7 +91,7 @@ async def test_another_workspaces_media_is_404_and_stays(
 
 
 async def test_media_in_use_is_refused_until_its_items_are_deleted(
-    service: Service, uploader: Uploader, api_key: str, chelsea: Image.Image
+    store: StoreView, service: Service, uploader: Uploader, api_key: str, chelsea: Image.Image
 ) -> None:
     data = encode(chelsea, "PNG")
     mine = await uploader.upload(data, "image/png")
@@ -137,9 +135,7 @@ async def test_media_in_use_is_refused_until_its_items_are_deleted(
             assert (await service.client.delete(url, headers=uploader.headers)).status_code == 200
     assert await delete(service, uploader, ref) == 204
     # The other workspace's media, point and blob are untouched.
-    assert [str(p) for p in stored_files(service.settings.media_dir)] == [
-        blob(service, theirs["sha256"])
-    ]
+    assert store.files() == [blob(service, theirs["sha256"])]
     assert await delete(service, other, theirs["media_ref"]) == 409
 
 

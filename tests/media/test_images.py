@@ -15,9 +15,9 @@ from tests.media.conftest import (
     MAX_IMAGE_PIXELS,
     media_service,
     png_declaring,
-    stored_files,
     workspace_id,
 )
+from tests.media.stores import StoreView
 from vectorsvc.errors import ServiceError
 from vectorsvc.media.objects import load_image, resolve_media, thumbnail_bytes
 
@@ -43,7 +43,8 @@ async def test_real_photo_round_trip(
     media = media_service(service).resolve(
         workspace_id=workspace_id(service, "acme"), media_ref=media_ref
     )
-    assert media.path.read_bytes() == data
+    with media.open() as stream:
+        assert stream.read() == data
     image = media_service(service).load_image(media)
     assert (image.mode, image.size) == ("RGB", (451, 300))
     if fmt == "PNG":  # lossless: the decoded pixels are the photo's
@@ -74,7 +75,7 @@ async def test_load_image_applies_exif_orientation(
     done = await uploader.upload(encode(chelsea, "JPEG", exif=exif), "image/jpeg")
     media = resolve_media(
         service.db,
-        media_dir=service.settings.media_dir,
+        store=media_service(service).blobs,
         workspace_id=workspace_id(service, "acme"),
         media_ref=done["media_ref"],
     )
@@ -97,7 +98,7 @@ async def test_transparent_pixels_load_as_white(service: Service, uploader: Uplo
 
 
 async def test_bomb_header_beyond_pillows_limit_is_refused(
-    service: Service, uploader: Uploader
+    store: StoreView, service: Service, uploader: Uploader
 ) -> None:
     # 30000 x 30000 = 900 MP: Pillow itself raises DecompressionBombError on open.
     bomb = png_declaring(30_000, 30_000)
@@ -108,7 +109,7 @@ async def test_bomb_header_beyond_pillows_limit_is_refused(
     error = r.json()["error"]
     assert error["code"] == "image_too_many_pixels"
     assert "VECTORSVC_MAX_IMAGE_PIXELS" in error["message"]
-    assert stored_files(service.settings.media_dir) == []
+    assert store.files() == []
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -122,7 +123,7 @@ async def test_bomb_header_in_pillows_warning_range_is_refused(uploader: Uploade
 
 
 async def test_real_image_over_the_configured_pixel_limit_is_refused(
-    service: Service, uploader: Uploader
+    store: StoreView, service: Service, uploader: Uploader
 ) -> None:
     # A valid 1-bit image a little over the (test) limit compresses to a few hundred bytes.
     image = Image.new("1", (1_100, MAX_IMAGE_PIXELS // 1_000))
@@ -132,7 +133,7 @@ async def test_real_image_over_the_configured_pixel_limit_is_refused(
     r = await uploader.put(ticket["upload_url"], data)
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "image_too_many_pixels"
-    assert stored_files(service.settings.media_dir) == []
+    assert store.files() == []
 
 
 async def test_load_image_guards_pixels_too(service: Service, uploader: Uploader) -> None:

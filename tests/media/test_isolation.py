@@ -9,6 +9,7 @@ from PIL import Image
 from tests.harness import Service
 from tests.helpers import Uploader, encode
 from tests.media.conftest import media_service, workspace_id
+from tests.media.stores import StoreView
 from vectorsvc.errors import NotFound
 
 pytestmark = pytest.mark.anyio
@@ -74,12 +75,11 @@ async def test_resolve_for_another_workspace_names_the_field(
 
 
 async def test_the_same_bytes_in_two_workspaces_are_two_refs_on_one_blob(
-    service: Service, uploader: Uploader, other: Uploader
+    store: StoreView, service: Service, uploader: Uploader, other: Uploader
 ) -> None:
     mine = await uploader.upload(PNG, "image/png")
     theirs = await other.upload(PNG, "image/png")
     assert mine["media_ref"] != theirs["media_ref"]
-    blobs = [p for p in (service.settings.media_dir / "blobs").rglob("*") if p.is_file()]
-    assert len(blobs) == 1
+    assert store.files() == [store.blob(mine["sha256"])]
     r = await service.client.get(f"/api/media/{theirs['media_ref']}", headers=uploader.headers)
     assert r.status_code == 404

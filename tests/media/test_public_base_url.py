@@ -4,6 +4,7 @@ request's Host header (which the caller controls) no longer is."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -20,8 +21,8 @@ PUBLIC = "https://vectors.example.com/gw"
 
 
 @pytest.fixture
-def settings(tmp_path: Path, models_dir: Path) -> Settings:
-    return make_settings(tmp_path / "data", models_dir, public_base_url=PUBLIC + "/")
+def settings(tmp_path: Path, models_dir: Path, media_store: dict[str, Any]) -> Settings:
+    return make_settings(tmp_path / "data", models_dir, public_base_url=PUBLIC + "/", **media_store)
 
 
 async def test_upload_url_is_built_on_the_public_base_url(

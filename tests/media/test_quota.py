@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ PNG = encode(Image.new("RGB", (40, 30), (200, 30, 30)), "PNG")
 
 
 @pytest.fixture
-def settings(tmp_path: Path, models_dir: Path) -> Settings:
+def settings(tmp_path: Path, models_dir: Path, media_store: dict[str, Any]) -> Settings:
     return make_settings(
         tmp_path / "data",
         models_dir,
@@ -34,6 +35,7 @@ def settings(tmp_path: Path, models_dir: Path) -> Settings:
         max_image_pixels=MAX_IMAGE_PIXELS,
         media_quota_bytes=QUOTA_BYTES,
         media_quota_count=QUOTA_COUNT,
+        **media_store,
     )
 
 

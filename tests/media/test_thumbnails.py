@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.harness import Service
 from tests.helpers import Uploader, encode
-from tests.media.conftest import stored_files
+from tests.media.stores import StoreView
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +36,7 @@ def test_max_side_rounds_up_to_a_fixed_size() -> None:
 
 
 async def test_any_max_side_is_served_at_one_of_four_sizes(
-    service: Service, uploader: Uploader, chelsea: Image.Image
+    store: StoreView, service: Service, uploader: Uploader, chelsea: Image.Image
 ) -> None:
     ref = (await uploader.upload(encode(chelsea, "JPEG"), "image/jpeg"))["media_ref"]
     assert (await thumbnail(service, uploader, ref, 100)).size == (128, 85)
@@ -49,7 +49,7 @@ async def test_any_max_side_is_served_at_one_of_four_sizes(
     assert {side for _, _, side in cache.keys()} == set(SIZES)
     assert cache.misses == len(SIZES)
     # Nothing is written beside the blob any more.
-    assert [p.name for p in stored_files(service.settings.media_dir)] == [
+    assert [name.rsplit("/", 1)[-1] for name in store.files()] == [
         (await service.client.get(f"/api/media/{ref}", headers=uploader.headers)).json()["sha256"]
     ]
 
@@ -67,7 +67,7 @@ async def test_max_side_out_of_range_is_422(
 
 
 async def test_the_cache_is_per_workspace(
-    service: Service, uploader: Uploader, chelsea: Image.Image
+    store: StoreView, service: Service, uploader: Uploader, chelsea: Image.Image
 ) -> None:
     """Two workspaces upload the same bytes (one blob). The first one's cached thumbnail is
     not served to the second: the second's is rendered from the blob, so how fast it comes
@@ -79,8 +79,9 @@ async def test_the_cache_is_per_workspace(
     assert mine["sha256"] == theirs["sha256"]
     first = await thumbnail(service, uploader, mine["media_ref"], 64)
     assert first.getpixel((32, 20)) != (0, 0, 0)
-    blob = service.settings.media_dir / "blobs" / mine["sha256"][:2] / mine["sha256"]
-    blob.write_bytes(encode(Image.new("RGB", chelsea.size, (0, 0, 0)), "PNG"))
+    store.write(
+        store.blob(mine["sha256"]), encode(Image.new("RGB", chelsea.size, (0, 0, 0)), "PNG")
+    )
     # The other workspace's first request renders: it sees the blob as it is now.
     assert (await thumbnail(service, other, theirs["media_ref"], 64)).getpixel((32, 20)) == (
         0,

@@ -15,7 +15,8 @@ from sqlalchemy import update
 
 from tests.harness import Service
 from tests.helpers import Uploader, encode
-from tests.media.conftest import MAX_UPLOAD_BYTES, stored_files
+from tests.media.conftest import MAX_UPLOAD_BYTES
+from tests.media.stores import StoreView
 from vectorsvc.config import Settings
 from vectorsvc.db.tables import MediaUpload
 
@@ -33,7 +34,7 @@ def expire(service: Service, upload_id: str) -> None:
         )
 
 
-async def test_happy_path(service: Service, uploader: Uploader) -> None:
+async def test_happy_path(store: StoreView, service: Service, uploader: Uploader) -> None:
     r = await uploader.init(
         filename="red.png", content_type="image/png", media_type="image", size_bytes=len(PNG)
     )
@@ -64,10 +65,10 @@ async def test_happy_path(service: Service, uploader: Uploader) -> None:
         "size_bytes": len(PNG),
         "content_type": "image/png",
     }
-    # Content-addressed on disk: media/blobs/<sha[:2]>/<sha>.
-    blob = service.settings.media_dir / "blobs" / sha256[:2] / sha256
-    assert blob.read_bytes() == PNG
-    assert stored_files(service.settings.media_dir) == [blob]
+    # Content-addressed: media/blobs/<sha[:2]>/<sha>, on disk or in the bucket.
+    blob = store.blob(sha256)
+    assert store.read(blob) == PNG
+    assert store.files() == [blob]
 
     r = await service.client.get(f"/api/media/{done['media_ref']}", headers=uploader.headers)
     assert r.status_code == 200, r.text
@@ -85,12 +86,14 @@ async def test_complete_twice_returns_the_same_media_ref(uploader: Uploader) -> 
     assert first.json() == second.json()
 
 
-async def test_identical_bytes_are_stored_once(service: Service, uploader: Uploader) -> None:
+async def test_identical_bytes_are_stored_once(
+    store: StoreView, service: Service, uploader: Uploader
+) -> None:
     a = await uploader.upload(PNG, "image/png")
     b = await uploader.upload(PNG, "image/png")
     assert a["media_ref"] != b["media_ref"]
     assert a["sha256"] == b["sha256"]
-    assert len(stored_files(service.settings.media_dir)) == 1
+    assert len(store.files()) == 1
 
 
 async def test_streamed_body_without_content_length(uploader: Uploader) -> None:
@@ -189,7 +192,7 @@ async def test_init_and_complete_need_credentials(service: Service) -> None:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["content-length", "streamed"])
 async def test_put_of_another_size_than_declared_is_400(
-    service: Service, uploader: Uploader, stream: bool
+    store: StoreView, service: Service, uploader: Uploader, stream: bool
 ) -> None:
     ticket = await uploader.init_ok(PNG, "image/png", size_bytes=len(PNG) + 10)
     r = await uploader.put(ticket["upload_url"], PNG, stream=stream)
@@ -198,7 +201,7 @@ async def test_put_of_another_size_than_declared_is_400(
     assert (error["code"], error["field"]) == ("size_mismatch", "size_bytes")
     # Streamed bodies are counted; a Content-Length is refused before reading the body.
     assert ("Content-Length" in error["message"]) is not stream
-    assert stored_files(service.settings.media_dir) == []
+    assert store.files() == []
     assert (await uploader.complete(ticket["upload_id"])).json()["error"]["code"] == (
         "upload_not_received"
     )
@@ -206,17 +209,19 @@ async def test_put_of_another_size_than_declared_is_400(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["content-length", "streamed"])
 async def test_put_over_the_limit_is_413_and_stops_reading(
-    service: Service, uploader: Uploader, stream: bool
+    store: StoreView, service: Service, uploader: Uploader, stream: bool
 ) -> None:
     ticket = await uploader.init_ok(b"", "application/octet-stream", "file", size_bytes=10)
     r = await uploader.put(ticket["upload_url"], b"\x00" * (MAX_UPLOAD_BYTES + 1), stream=stream)
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "upload_too_large"
     assert ("Content-Length" in r.json()["error"]["message"]) is not stream
-    assert stored_files(service.settings.media_dir) == []
+    assert store.files() == []
 
 
-async def test_text_declared_as_png_is_refused(service: Service, uploader: Uploader) -> None:
+async def test_text_declared_as_png_is_refused(
+    store: StoreView, service: Service, uploader: Uploader
+) -> None:
     text = b"this is plain text, not a picture\n" * 20
     ticket = await uploader.init_ok(text, "image/png")
     r = await uploader.put(ticket["upload_url"], text)
@@ -224,7 +229,7 @@ async def test_text_declared_as_png_is_refused(service: Service, uploader: Uploa
     error = r.json()["error"]
     assert (error["code"], error["field"]) == ("content_mismatch", "content_type")
     assert "image/png" in error["message"]
-    assert stored_files(service.settings.media_dir) == []
+    assert store.files() == []
 
 
 async def test_jpeg_declared_as_png_is_refused_and_named(uploader: Uploader) -> None:
@@ -236,14 +241,16 @@ async def test_jpeg_declared_as_png_is_refused_and_named(uploader: Uploader) -> 
     assert "image/jpeg" in r.json()["error"]["message"]
 
 
-async def test_truncated_png_is_refused(service: Service, uploader: Uploader) -> None:
+async def test_truncated_png_is_refused(
+    store: StoreView, service: Service, uploader: Uploader
+) -> None:
     photo = Image.effect_noise((200, 200), 64).convert("RGB")
     broken = encode(photo, "PNG")[:5000]
     ticket = await uploader.init_ok(broken, "image/png")
     r = await uploader.put(ticket["upload_url"], broken)
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "invalid_image"
-    assert stored_files(service.settings.media_dir) == []
+    assert store.files() == []
 
 
 @pytest.mark.parametrize(
@@ -315,27 +322,29 @@ async def test_complete_before_put_is_409(uploader: Uploader) -> None:
     assert r.json()["error"]["code"] == "upload_not_received"
 
 
-async def test_put_after_expiry_is_410(service: Service, uploader: Uploader) -> None:
+async def test_put_after_expiry_is_410(
+    store: StoreView, service: Service, uploader: Uploader
+) -> None:
     ticket = await uploader.init_ok(PNG, "image/png")
     expire(service, ticket["upload_id"])
     r = await uploader.put(ticket["upload_url"], PNG)
     assert r.status_code == 410
     assert r.json()["error"]["code"] == "upload_expired"
-    assert stored_files(service.settings.media_dir) == []
+    assert store.files() == []
 
 
 async def test_complete_after_expiry_is_410_and_the_bytes_are_swept(
-    service: Service, uploader: Uploader
+    store: StoreView, service: Service, uploader: Uploader
 ) -> None:
     ticket = await uploader.init_ok(PNG, "image/png")
     assert (await uploader.put(ticket["upload_url"], PNG)).status_code == 200
-    assert len(stored_files(service.settings.media_dir)) == 1  # waiting in incoming/
+    assert len(store.files()) == 1  # waiting in incoming/
     expire(service, ticket["upload_id"])
     r = await uploader.complete(ticket["upload_id"])
     assert r.status_code == 410
     assert r.json()["error"]["code"] == "upload_expired"
     await uploader.init_ok(PNG, "image/png")  # any init sweeps expired uploads' bytes
-    assert stored_files(service.settings.media_dir) == []
+    assert store.files() == []
     assert (await uploader.complete(ticket["upload_id"])).status_code == 410
 
 
