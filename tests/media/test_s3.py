@@ -112,13 +112,14 @@ async def test_a_large_body_goes_up_in_parts_and_round_trips(
         ticket = await uploader.init_ok(data, "application/octet-stream", "file")
         r = await uploader.put(ticket["upload_url"], data, stream=True)
         assert r.status_code == 200, r.text
+        store = StoreView(settings, monkeypatch)
+        received = f"{store.prefix}incoming/{ticket['upload_id']}"
+        head = store.s3.head_object(Bucket=store.bucket, Key=received)
+        assert head["ETag"].strip('"').endswith("-2")  # sent in two parts
         done = (await uploader.complete(ticket["upload_id"])).json()
-    store = StoreView(settings, monkeypatch)
     blob = store.blob(hashlib.sha256(data).hexdigest())
     assert store.files() == [blob]
     assert store.read(blob) == data
-    head = store.s3.head_object(Bucket=store.bucket, Key=store.prefix + blob)
-    assert head["ETag"].strip('"').endswith("-2")  # stored in two parts
     assert done["size_bytes"] == len(data)
 
 

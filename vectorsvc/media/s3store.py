@@ -5,8 +5,8 @@ Same layout as the local store (`storage`), so every replica sees every blob:
 - A PUT body is streamed to a local temp file and checked there (size, sha256, content);
   `put_incoming` then sends it to `incoming/<upload_id>`, read from disk (never whole in
   memory): one PUT carrying the SHA-256 we computed, which the server verifies against the
-  bytes it received, or a multipart upload with a SHA-256 per part above
-  `MULTIPART_THRESHOLD`. The digest also rides along as object metadata.
+  bytes it received, or above `MULTIPART_THRESHOLD` a multipart upload with a SHA-256 per
+  part. The digest also rides along as object metadata.
 - `adopt` (complete) checks the received object's size and recorded digest against the
   upload's row, then copies it server-side to `blobs/ab/<sha256>`: S3 makes an object
   visible whole or not at all, so no reader sees a half-written blob.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -55,11 +56,13 @@ from vectorsvc.media.storage import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CopySourceTypeDef
 
 logger = logging.getLogger(__name__)
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 SPOOL_MEMORY_BYTES = 4 * 1024 * 1024
+_READ_CHUNK = 1024 * 1024
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects takes
 
 _DENIED = frozenset(
@@ -77,8 +80,9 @@ _DENIED = frozenset(
 _NO_BUCKET = frozenset({"NoSuchBucket", "404"})
 
 for _name in ("botocore", "boto3", "s3transfer"):
-    # Their DEBUG records print signed request headers (a session token among them).
-    if logging.getLogger(_name).getEffectiveLevel() < logging.INFO:
+    # Their DEBUG records print signed request headers (the access key id, a session token):
+    # never below INFO, whatever level the root logger is given later.
+    if logging.getLogger(_name).level < logging.INFO:
         logging.getLogger(_name).setLevel(logging.INFO)
 
 
@@ -255,10 +259,14 @@ class S3MediaStore:
                     field="upload_id",
                     code="upload_bytes_mismatch",
                 )
-            # Server-side and atomic: the blob appears whole (a multipart copy when large).
-            self.client.copy(
-                {"Bucket": self.bucket, "Key": source}, self.bucket, target, Config=self.transfer
-            )
+            # Server-side and atomic: the blob appears whole. Copied as it was sent: one
+            # request for a single-PUT body, a multipart copy for a multipart one (whose
+            # per-part checksums a single copy would carry over wrongly on some servers).
+            copy_source: CopySourceTypeDef = {"Bucket": self.bucket, "Key": source}
+            if size_bytes <= MULTIPART_THRESHOLD:
+                self.client.copy_object(CopySource=copy_source, Bucket=self.bucket, Key=target)
+            else:
+                self.client.copy(copy_source, self.bucket, target, Config=self.transfer)
             self.client.delete_object(Bucket=self.bucket, Key=source)
 
     @contextlib.contextmanager
@@ -267,7 +275,9 @@ class S3MediaStore:
         with tempfile.SpooledTemporaryFile(SPOOL_MEMORY_BYTES, dir=str(self.tmp_dir)) as spool:
             with self._calls("read the media"):
                 try:
-                    self.client.download_fileobj(self.bucket, key, spool, Config=self.transfer)
+                    # One GET, streamed: no HEAD first, no transfer threads for a small blob.
+                    body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+                    shutil.copyfileobj(body, spool, _READ_CHUNK)
                 except ClientError as exc:
                     if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                         raise FileNotFoundError(sha256) from None
