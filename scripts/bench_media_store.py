@@ -9,6 +9,7 @@ For each store, one in-process app (the same process, models loaded once) measur
   MB/s of PUT + complete;
 - image runs: an `index` run of one photo on `image-similarity` (each fetches its blob and
   decodes it), p50 and p95;
+- one blob read through the store (the store's share of each image run), p50;
 - thumbnails at first request (a render from the blob, no cache), p50.
 
 moto is a Python process on the same two cores, not S3 across a network: the S3 figures
@@ -118,12 +119,13 @@ async def bench_store(
                 return r.json(), [t1 - t0, t2 - t1, t3 - t2]
 
             small = photos(args.uploads)
-            timings, refs = [], []
+            timings, refs, shas = [], [], []
             started = time.perf_counter()
             for data in small:
                 done, spent = await upload(data, "image/jpeg", "image")
                 timings.append(spent)
                 refs.append(done["media_ref"])
+                shas.append(done["sha256"])
             small_elapsed = time.perf_counter() - started
 
             large_spent = []
@@ -147,6 +149,15 @@ async def bench_store(
                 if n:  # the first warms the model up
                     run_ms.append((time.perf_counter() - t0) * 1000)
 
+            # The store's share of an image run: fetching one blob (what every decode reads).
+            blobs = app.state.vectorsvc.media.blobs
+            read_ms = []
+            for sha256 in shas:
+                t0 = time.perf_counter()
+                with blobs.open_blob(sha256) as stream:
+                    stream.read()
+                read_ms.append((time.perf_counter() - t0) * 1000)
+
             thumb_ms = []
             for ref in refs:
                 t0 = time.perf_counter()
@@ -165,6 +176,7 @@ async def bench_store(
         "large_put_complete_MB_per_s": round(args.large * args.large_mb / sum(large_spent), 1),
         "image_run_ms_p50": round(statistics.median(run_ms), 1),
         "image_run_ms_p95": round(p(run_ms, 0.95), 1),
+        "blob_read_ms_p50": round(statistics.median(read_ms), 2),
         "thumbnail_first_ms_p50": round(statistics.median(thumb_ms), 1),
     }
 
