@@ -214,7 +214,10 @@ def highlight_check(
             if not isinstance(highlight, dict) or doc is None:
                 continue
             with_highlight += 1
-            start, end = int(highlight.get("start", -1)), int(highlight.get("end", -1))
+            start, end = highlight.get("start"), highlight.get("end")
+            if not (isinstance(start, int) and isinstance(end, int)):
+                text_mismatch += 1
+                continue
             if doc.text[start:end] != highlight.get("text"):
                 text_mismatch += 1
             if any(start < e and end > s for s, e in spans):

@@ -197,7 +197,7 @@ def scifact_beir_rows(n: int) -> list[str]:
 def test_ingest_a_beir_corpus_with_field_flags(
     live: LiveService, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rows = scifact_beir_rows(40)  # as BEIR ships it: {"_id", "title", "text", "metadata"}
+    rows = scifact_beir_rows(20)  # as BEIR ships it: {"_id", "title", "text", "metadata"}
     corpus = tmp_path / "corpus.jsonl.gz"
     with gzip.open(corpus, "wt", encoding="utf-8") as out:
         out.writelines(rows)
@@ -206,14 +206,14 @@ def test_ingest_a_beir_corpus_with_field_flags(
     # As a new user tries it first: every row fails, and says which flag to use.
     assert main(["ingest", str(corpus), *common, "--no-progress", "--no-resume"]) == 1
     out = capsys.readouterr().out
-    assert summary_of(out)["failed"] == "40"
+    assert summary_of(out)["failed"] == "20"
     assert "line 1: missing 'id' (the row has '_id', 'title', 'text'" in out
     assert "--id-field" in out and "--text-field" in out
 
     flags = ["--id-field", "_id", "--text-field", "title", "--text-field", "text"]
     assert main(["ingest", str(corpus), *common, *flags, "--no-progress"]) == 0
     summary = summary_of(capsys.readouterr().out)
-    assert summary["indexed"] == "40 (created 40, updated 0)"
+    assert summary["indexed"] == "20 (created 20, updated 0)"
     first = json.loads(rows[0])
     hits = search_json(capsys, *common, first["title"], "--top-k", "1")
     assert hits[0]["id"] == first["_id"]
@@ -257,7 +257,7 @@ def test_ingest_parquet(
     )
     import pyarrow.parquet as pq
 
-    rows = [json.loads(line) for line in scifact_beir_rows(12)]
+    rows = [json.loads(line) for line in scifact_beir_rows(8)]
     table = pa.table(
         {
             "_id": [r["_id"] for r in rows],
@@ -273,8 +273,22 @@ def test_ingest_parquet(
     flags = ["--id-field", "_id", "--text-field", "title", "--text-field", "text"]
     flags += ["--metadata-field", "year", "--metadata-field", "published"]
     assert main(["ingest", str(path), *common, *flags, "--no-progress"]) == 0
-    assert summary_of(capsys.readouterr().out)["indexed"] == "12 (created 12, updated 0)"
+    assert summary_of(capsys.readouterr().out)["indexed"] == "8 (created 8, updated 0)"
     hits = search_json(capsys, *common, rows[3]["title"], "--filter", '{"year": {"gte": 2003}}')
     assert hits[0]["id"] == rows[3]["_id"]
     assert hits[0]["metadata"] == {"year": 2003, "published": "2003-01-31"}
     assert all(h["metadata"]["year"] >= 2003 for h in hits)
+
+
+def test_the_text_limit_is_read_from_the_model_page(live: LiveService, key: str) -> None:
+    from vectorsvc.client import ModelDetail, VectorsvcClient
+
+    with VectorsvcClient(live.base_url, key) as client:
+        page = client.get_model(TEXT_MODEL)
+    assert page.modalities == ["text"] and "index" in page.contracts
+    published = page.contracts["index"]["input_schema"]["properties"]["items"]["items"]
+    assert page.max_text_chars() == published["properties"]["text"].get("maxLength")
+    # Where a contract publishes maxLength, that is the limit the CLI checks before sending.
+    contract = {"properties": {"items": {"items": {"properties": {"text": {"maxLength": 99}}}}}}
+    page = ModelDetail(slug="m", contracts={"index": {"input_schema": contract}})
+    assert page.max_text_chars() == 99 and page.max_text_chars("execute") is None
