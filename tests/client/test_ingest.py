@@ -280,10 +280,10 @@ def test_ingest_explains_what_is_missing(
     err = capsys.readouterr().err
     assert "AIMP_GATEWAY_URL" in err and "AIMP_API_KEY" in err
 
-    bad = tmp_path / "a.txt"
+    bad = tmp_path / "a.xlsx"
     bad.write_text("x")
     flags = ["--model", TEXT_MODEL, "--scope", "s", "--gateway-url", "http://x", "--api-key", "k"]
     assert main(["ingest", str(bad), *flags]) == 2
-    assert "a .jsonl or a .csv" in capsys.readouterr().err
+    assert "a .jsonl, a .csv (optionally .gz) or a .parquet file" in capsys.readouterr().err
     assert main(["search", *flags]) == 2
     assert "exactly one of" in capsys.readouterr().err

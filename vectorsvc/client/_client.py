@@ -24,6 +24,7 @@ from vectorsvc.client.schemas import (
     ImageItem,
     IndexResult,
     KnowledgeBase,
+    ModelDetail,
     RunStatus,
     TextItem,
     UploadedMedia,
@@ -461,6 +462,14 @@ class VectorsvcClient:
         return self.upload(
             path_or_bytes, content_type=content_type, media_type=media_type, filename=filename
         ).media_ref
+
+    # -- marketplace ------------------------------------------------------------------------
+
+    def get_model(self, slug: str) -> ModelDetail:
+        """A published model's page: its modalities and every mode's contract."""
+        return ModelDetail.model_validate(
+            self._json("GET", f"/api/marketplace/models/{quote(slug, safe='')}")
+        )
 
     # -- knowledge bases and billing --------------------------------------------------------
 

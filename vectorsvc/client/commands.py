@@ -55,10 +55,21 @@ def _stdout_console() -> Console:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     # Imported here: only this command needs the ingester.
-    from vectorsvc.client.ingest import IngestError, IngestOptions, render_summary, run_ingest
+    from vectorsvc.client.ingest import (
+        FieldMap,
+        IngestError,
+        IngestOptions,
+        render_summary,
+        run_ingest,
+    )
 
     try:
         url, key = _credentials(args)
+        fields = FieldMap(
+            id_field=args.id_field or "id",
+            text_fields=tuple(args.text_field or ["text"]),
+            metadata_fields=tuple(args.metadata_field) if args.metadata_field else None,
+        )
         options = IngestOptions(
             path=Path(args.path),
             model=args.model,
@@ -73,6 +84,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             timeout=args.timeout,
             retries=args.retries,
+            fields=fields,
         )
         summary = run_ingest(options)
     except (_UsageError, IngestError, ValueError) as exc:
@@ -172,16 +184,40 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     ingest = sub.add_parser(
         "ingest",
         parents=[parent],
-        help="index a folder of images or a JSONL/CSV of texts through the API (resumable)",
+        help=(
+            "index a folder of documents or images, or a JSONL/CSV/Parquet file of texts, "
+            "through the API (resumable)"
+        ),
         description=(
-            "Index a folder of images (uploaded, id = relative path) or a JSONL / CSV file of "
-            "texts (columns id, text, and metadata) through a running service. Re-running the "
-            "same command after an interruption resumes: uploads and acknowledged batches are "
-            "remembered in a state file under $XDG_CACHE_HOME/vectorsvc/ingest/ "
-            "(~/.cache by default)."
+            "Index a folder (documents: .txt .md .html .pdf .docx, text extracted; images: "
+            "uploaded; id = the path relative to the folder; what the model takes is read) "
+            "or a JSONL / CSV / Parquet file of texts (fields id, text and metadata, or the "
+            "ones --id-field, --text-field and --metadata-field name) through a running "
+            "service. Re-running the same command after an interruption resumes: uploads and "
+            "acknowledged batches are remembered in a state file under "
+            "$XDG_CACHE_HOME/vectorsvc/ingest/ (~/.cache by default)."
         ),
     )
-    ingest.add_argument("path", help="a folder of images, or a .jsonl / .csv file (.gz too)")
+    ingest.add_argument(
+        "path",
+        help="a folder of documents or images, or a .jsonl / .csv (.gz too) / .parquet file",
+    )
+    ingest.add_argument(
+        "--id-field", metavar="NAME", help="the field holding the item id (default id)"
+    )
+    ingest.add_argument(
+        "--text-field",
+        metavar="NAME",
+        action="append",
+        help="a field of the text (default text); repeat it to join several with a blank "
+        "line, e.g. --text-field title --text-field text",
+    )
+    ingest.add_argument(
+        "--metadata-field",
+        metavar="NAME",
+        action="append",
+        help="a field to keep as metadata (repeatable); default: every other field",
+    )
     ingest.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     ingest.add_argument(
         "--batch-size", type=int, default=100, help="items per index run (default 100)"

@@ -36,6 +36,22 @@ class Hit(_Model):
     thumbnail_url: str | None = None
 
 
+class ModelDetail(_Model):
+    """A published model's page (`GET /api/marketplace/models/{slug}`): what it takes."""
+
+    slug: str
+    modalities: list[str] = Field(default_factory=list)
+    modes: list[str] = Field(default_factory=list)
+    contracts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def max_text_chars(self, mode: str = "index") -> int | None:
+        """The longest item `text` the mode's contract allows, where it says (maxLength)."""
+        node: Any = self.contracts.get(mode, {}).get("input_schema")
+        for key in ("properties", "items", "items", "properties", "text", "maxLength"):
+            node = node.get(key) if isinstance(node, dict) else None
+        return node if isinstance(node, int) and not isinstance(node, bool) else None
+
+
 class IndexCounts(_Model):
     received: int = 0
     indexed: int = 0

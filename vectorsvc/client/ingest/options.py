@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vectorsvc.client.ingest.sources import ItemFailure
+from vectorsvc.client.ingest.sources import FieldMap, ItemFailure
 
 
 @dataclass
@@ -24,6 +24,7 @@ class IngestOptions:
     timeout: float = 300.0
     retries: int = 5
     poll_interval: float = 1.0
+    fields: FieldMap = field(default_factory=FieldMap)
 
 
 @dataclass
@@ -32,8 +33,9 @@ class IngestSummary:
     model: str
     scope: str
     state_path: Path
-    kind: str = ""  # "texts" or "images"
+    kind: str = ""  # "texts", "documents", "images" or "documents and images"
     total: int = 0  # items in the input, good or bad
+    ignored: dict[str, int] = field(default_factory=dict)  # a folder's other files by suffix
     items_sent: int = 0
     indexed: int = 0
     created: int = 0

@@ -1,9 +1,14 @@
-"""Bulk ingestion through the public API: a folder of images, or a JSONL / CSV of texts.
+"""Bulk ingestion through the public API: a folder of documents and/or images, or a JSONL /
+CSV / Parquet file of texts.
 
 What `vectorsvc ingest` does, in order:
 
-1. read the input into items (`id`, text or image file, metadata); rows that cannot become
-   an item (no id, no text, a bad metadata key, a duplicate id) fail locally, with reasons;
+0. look the model up (`GET /api/marketplace/models/{slug}`): a folder is read for what the
+   model takes (documents for text, images for image), and a text longer than the index
+   contract's `maxLength`, where it publishes one, fails locally;
+1. read the input into items (`id`, text or image file, metadata); rows or files that
+   cannot become an item (no id, no text, a bad metadata key, a duplicate id, a document
+   that cannot be read, a text over the limit) fail locally, with reasons;
 2. images only: hash each file and upload the ones whose SHA-256 has no media_ref in the
    state file yet (`--concurrency` at a time);
 3. cut the items into batches (at most `--batch-size` items and ~8 MB of JSON each), drop
@@ -20,6 +25,7 @@ digest changed (an edited row) is re-sent whole; the server skips its unchanged 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import time
@@ -44,6 +50,7 @@ from rich.text import Text
 
 from vectorsvc.client import (
     IndexCounts,
+    ModelDetail,
     RunItemError,
     RunStatus,
     VectorsvcClient,
@@ -52,10 +59,13 @@ from vectorsvc.client import (
 )
 from vectorsvc.client.ingest.options import IngestOptions, IngestSummary
 from vectorsvc.client.ingest.sources import (
+    MAX_BATCH_BYTES,
     Batch,
+    IgnoredFile,
     IngestError,
     ItemFailure,
     SourceItem,
+    input_format,
     make_batches,
     read_source,
 )
@@ -92,6 +102,20 @@ class _Fatal(Exception):
 def _is_item_error(exc: VectorsvcError) -> bool:
     # 4xx about the request's content; not auth (401/403), credits (402) or rate (429).
     return 400 <= exc.status < 500 and exc.status not in (401, 402, 403, 429)
+
+
+def _item_reason(exc: VectorsvcError) -> str:
+    """The server's refusal of one item, without the request's `input.items[12]...` path
+    (the summary names the item by its file or line)."""
+    message = exc.message
+    if exc.field and message.startswith(f"{exc.field}: "):
+        message = message[len(exc.field) + 2 :]
+    leaf = (exc.field or "").rsplit(".", 1)[-1]
+    what = f"{leaf}: " if leaf and not leaf.startswith("items[") else ""
+    hint = ""
+    if exc.code == "text_too_long":
+        hint = " (the server's limit: split the text, or ask its operator to raise the limit)"
+    return f"refused by the server ({exc.code}): {what}{message}{hint}"
 
 
 class _RateColumn(ProgressColumn):
@@ -181,6 +205,7 @@ class Ingester:
             state_path=self.state_path,
         )
         self._lock = threading.Lock()
+        self.max_text_chars: int | None = None  # from the model's index contract, if there
 
     # -- per-unit work (worker threads) ------------------------------------------------------
 
@@ -266,6 +291,8 @@ class Ingester:
             except VectorsvcError as exc:
                 match = _ITEM_FIELD.match(exc.field or "")
                 n = int(match.group(1)) if match else -1
+                if exc.status == 413 and len(items) == 1:
+                    n = 0  # one item alone is over the server's request size limit
                 if not _is_item_error(exc) or not 0 <= n < len(items):
                     raise _Fatal(exc) from exc
                 item = items[n]
@@ -280,7 +307,7 @@ class Ingester:
                         del items[n]
                     continue
                 # One bad item: report it, send the others again.
-                failures.append(ItemFailure(item.where, item.id, str(exc)))
+                failures.append(ItemFailure(item.where, item.id, _item_reason(exc)))
                 del items[n]
                 continue
             for error in run_errors:
@@ -298,8 +325,7 @@ class Ingester:
 
     def run(self) -> IngestSummary:
         started = time.monotonic()
-        kind, reader = read_source(self.options.path)
-        self.summary.kind = kind
+        input_format(self.options.path)  # a wrong path or suffix fails before any request
         self.state = IngestState.load(
             self.state_path, state_identity(self.options), resume=self.options.resume
         )
@@ -329,13 +355,19 @@ class Ingester:
             ),
         )
         try:
+            model = self._model()
+            self.max_text_chars = model.max_text_chars()
+            kind, reader = read_source(self.options.path, self.options.fields, model.modalities)
+            self.summary.kind = kind
             with progress:
                 try:
-                    items = self._collect(reader)
+                    items = self._collect(reader, progress)
                 except UnicodeDecodeError as exc:
                     raise IngestError(f"{self.options.path}: not UTF-8 text ({exc})") from None
-                if kind == "images":
-                    items = self._prepare_images(pool, progress, items)
+                images = [item for item in items if item.text is None]
+                if images:
+                    ready = {item.id for item in self._prepare_images(pool, progress, images)}
+                    items = [item for item in items if item.text is not None or item.id in ready]
                 self._index(pool, progress, items)
         except KeyboardInterrupt:
             self.summary.interrupted = True
@@ -352,15 +384,50 @@ class Ingester:
                 self.client.close()
         return self.summary
 
+    def _model(self) -> ModelDetail:
+        try:
+            return self.client.get_model(self.options.model)
+        except VectorsvcError as exc:
+            raise _Fatal(exc) from exc
+
+    def _too_large(self, item: SourceItem) -> str | None:
+        """Why a text cannot be sent as it is, known before sending it; else None."""
+        if item.text is None:
+            return None
+        limit = self.max_text_chars
+        if limit is not None and len(item.text) > limit:
+            return (
+                f"text has {len(item.text):,} characters; the index contract of "
+                f"{self.options.model} allows at most {limit:,}"
+            )
+        if len(item.text) * 6 > MAX_BATCH_BYTES:  # worst case of JSON escaping: measure
+            size = len(json.dumps(item.payload(), ensure_ascii=False).encode())
+            if size > MAX_BATCH_BYTES:
+                return (
+                    f"too large for one request ({size / 1e6:.1f} MB as JSON; "
+                    f"at most {MAX_BATCH_BYTES / 1e6:.1f} MB)"
+                )
+        return None
+
     def _collect(
-        self, reader: Callable[[], Iterator[SourceItem | ItemFailure]]
+        self,
+        reader: Callable[[], Iterator[SourceItem | ItemFailure | IgnoredFile]],
+        progress: Progress,
     ) -> list[SourceItem]:
         items: list[SourceItem] = []
         first_seen: dict[str, str] = {}
+        task = progress.add_task("reading", total=None)
         for entry in reader():
+            if isinstance(entry, IgnoredFile):
+                self.summary.ignored[entry.suffix] = self.summary.ignored.get(entry.suffix, 0) + 1
+                continue
             self.summary.total += 1
+            progress.advance(task)
+            too_large = None if isinstance(entry, ItemFailure) else self._too_large(entry)
             if isinstance(entry, ItemFailure):
                 self.summary.failures.append(entry)
+            elif too_large is not None:
+                self.summary.failures.append(ItemFailure(entry.where, entry.id, too_large))
             elif entry.id in first_seen:
                 self.summary.failures.append(
                     ItemFailure(
@@ -370,6 +437,7 @@ class Ingester:
             else:
                 first_seen[entry.id] = entry.where
                 items.append(entry)
+        progress.update(task, total=self.summary.total)
         return items
 
     def _prepare_images(
@@ -466,7 +534,12 @@ def render_summary(summary: IngestSummary, console: Console, *, max_failures: in
             f"({s.batches_resumed} batches resumed)",
         ),
     ]
-    if s.kind == "images":
+    if s.ignored:
+        by_suffix = ", ".join(f"{n} {suffix}" for suffix, n in sorted(s.ignored.items()))
+        n = sum(s.ignored.values())
+        files = "a file" if n == 1 else f"{n} files"
+        rows.append(("ignored", f"{files} that {s.model} does not take ({by_suffix})"))
+    if "images" in s.kind:
         rows.append(
             ("uploads", f"{s.uploaded} uploaded, {s.uploads_reused} reused from the state file")
         )
