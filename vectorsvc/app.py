@@ -86,7 +86,7 @@ def build_state(
         funds=Funds(
             db,
             opening_micro_credits=opening_micro_credits(settings),
-            flush_interval_s=settings.charge_flush_ms / 1000.0,
+            reservation_ttl_s=settings.reservation_ttl_s,
         ),
         api_keys=ApiKeyCache(ttl_s=settings.api_key_cache_s),
         auth_throttle=AuthThrottle(settings),

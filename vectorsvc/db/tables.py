@@ -176,14 +176,41 @@ class Wallet(Base):
     a CHECK that the balance never goes below zero, whatever the code above it does."""
 
     __tablename__ = "wallets"
-    __table_args__ = (CheckConstraint("balance >= 0", name="ck_wallets_balance_not_negative"),)
+    __table_args__ = (
+        CheckConstraint("balance >= 0", name="ck_wallets_balance_not_negative"),
+        CheckConstraint(
+            "reserved >= 0 AND reserved <= balance", name="ck_wallets_reserved_within_balance"
+        ),
+    )
 
     workspace_id: Mapped[str] = mapped_column(
         ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
     )
     balance: Mapped[int] = mapped_column(BigInteger)
+    # The sum of the wallet's `fund_reservations`: what runs under way hold (billing.reservations).
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FundReservation(Base):
+    """Funds set aside for one run (or a queued background run) until it is charged or given
+    back; `expires_at` lets any process give back what a dead one held (NULL: never)."""
+
+    __tablename__ = "fund_reservations"
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="ck_fund_reservations_amount_not_negative"),
+    )
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    amount: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class UsageRecord(Base):

@@ -130,9 +130,9 @@ class BackgroundRuns:
     processed (more is `429 queue_full`), and a run reserves its whole quoted cost when it is
     queued (`billing.funds`; `402 insufficient_funds` when the balance minus what is already
     reserved cannot cover it). Each chunk's charge draws its part of that reservation; what
-    is left is released when the run ends, fails or is cancelled. The reservations live in
-    memory and are recomputed from the runs still active in the database at start-up, so a
-    restart cannot spend them twice.
+    is left is released when the run ends, fails or is cancelled. The reservation is a row
+    in the database without expiry, taken up again at start-up, so a restart cannot spend
+    it twice.
     """
 
     def __init__(self, state: AppState) -> None:
@@ -150,13 +150,11 @@ class BackgroundRuns:
 
     async def start(self) -> None:
         """Start the worker; runs left queued or running by a previous process resume, and
-        their funds are reserved again (what is left to process, at today's prices)."""
+        their funds are taken up again (the reservation each left in the database)."""
         if self._task is not None:
             return
         active = await anyio.to_thread.run_sync(self._active_runs)
-        for reservation in self._held.values():
-            self.state.funds.release(reservation)
-        self._held.clear()
+        self._held.clear()  # their reservations live on in the database: resumed below
         self._queue.clear()
         self._open.clear()
         self._closed_seen.clear()
@@ -166,7 +164,9 @@ class BackgroundRuns:
                 if slug in self.state.registry
                 else 0
             )
-            self._held[run_id] = self.state.funds.hold(workspace_id, cost)
+            self._held[run_id] = await self.state.funds.resume(
+                workspace_id, _funds_key(run_id), cost
+            )
             self._queue.add(workspace_id, run_id)
         self._stopping = anyio.CancelScope()
         self._task = asyncio.get_running_loop().create_task(
@@ -252,7 +252,10 @@ class BackgroundRuns:
                     headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
                 )
             reservation = await state.funds.reserve(
-                workspace_id, quote(ctx.model, "index", Usage(items=len(raw_items)))
+                workspace_id,
+                quote(ctx.model, "index", Usage(items=len(raw_items))),
+                key=_funds_key(ctx.run_id),
+                expires=False,
             )
             # Shielded: once the funds are reserved, the run is created and queued together,
             # even if this request is cancelled meanwhile.
@@ -551,6 +554,11 @@ class BackgroundRuns:
             chunk=(start, end),
             reservation=reservation,
         )
+
+
+def _funds_key(run_id: str) -> str:
+    """The id of the reservation that holds a queued run's funds (`billing.reservations`)."""
+    return f"bg_{run_id}"
 
 
 def _updated(session: Session, statement: Update) -> int:
