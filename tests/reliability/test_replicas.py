@@ -42,9 +42,7 @@ def fire(urls: list[str], key: str) -> list[int]:
 
     def one(n: int) -> int:
         body = {"model": MODEL, "mode": "execute", "input": {"text": f"run number {n}"}}
-        r = clients[n % len(clients)].post(
-            "/api/runs", json=body, headers={"X-API-Key": key}
-        )
+        r = clients[n % len(clients)].post("/api/runs", json=body, headers={"X-API-Key": key})
         assert r.status_code in (200, 402), r.text
         if r.status_code == 402:
             assert r.json()["error"]["code"] == "insufficient_funds"
