@@ -50,9 +50,9 @@ def psycopg_url(url: str) -> str:
 
 
 def make_key(url: str) -> str:
+    """A workspace and key in the database the server migrated (its own code's schema)."""
     db = Database(url)
     try:
-        db.migrate()
         with db.session() as session:
             workspace = create_workspace(session, name="bench")
             return create_api_key(session, workspace=workspace).plaintext
@@ -120,9 +120,9 @@ def main() -> int:
             env = {"VECTORSVC_DATABASE_URL": db_url}
             if code_dir is not None:
                 env["PYTHONPATH"] = f"{code_dir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-            keys[name] = make_key(db_url)
             servers[name] = ServerProcess(data_dir, root / f"{data_dir.name}.log", env=env)
             servers[name].start()
+            keys[name] = make_key(db_url)
         clients = {name: httpx.Client(base_url=s.url, timeout=60) for name, s in servers.items()}
         for name, client in clients.items():
             fill(client, keys[name])

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # "Billing and funds"); a reservation its process did not settle within this long (the
     # process died) is given back by any process. Longer than any run takes.
     reservation_ttl_s: float = Field(default=900.0, ge=10, le=86_400)
+    # A background run is worked on by the process that holds its lease, renewed while it
+    # lives (PostgreSQL: several processes share the runs); a dead process's runs are taken
+    # up by another once their lease lapses (docs/deployment.md, "Replicas").
+    background_lease_s: float = Field(default=60.0, ge=3, le=3600)
     # How long a verified API key is remembered in memory: `vectorsvc keys revoke` (another
     # process) takes effect within this. 0 checks the database on every request.
     api_key_cache_s: float = Field(default=5.0, ge=0, le=3600)

@@ -255,7 +255,8 @@ class LedgerEntry(Base):
 class BackgroundRun(Base):
     """A background index run: its progress survives restarts (it resumes at `next_index`).
 
-    The items themselves wait in a JSON file under `<data dir>/runs/` until the run ends.
+    The items themselves wait in `background_run_inputs` until the run ends. The process
+    that works on it holds a lease (`runs.leases`); when it lapses, another takes it up.
     """
 
     __tablename__ = "background_runs"
@@ -283,6 +284,21 @@ class BackgroundRun(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+
+
+class BackgroundRunInputs(Base):
+    """A background run's items, readable by every process, until the run ends."""
+
+    __tablename__ = "background_run_inputs"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("background_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    items: Mapped[list[object]] = mapped_column(JSON)
 
 
 class PendingWrite(Base):

@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -36,8 +35,10 @@ from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.points import namespaces
 from vectorsvc.points.namespaces import Namespace
+from vectorsvc.runs import leases
 from vectorsvc.runs.gate import run_context
 from vectorsvc.runs.inputs import MetadataLimits
+from vectorsvc.runs.leases import ACTIVE
 from vectorsvc.runs.pipeline import index_items, parse_items
 from vectorsvc.runs.scheduling import FairQueue
 from vectorsvc.runs.schemas import (
@@ -52,7 +53,6 @@ from vectorsvc.state import AppState
 
 logger = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
 # Runs whose items stay in memory between their turns; beyond this many workspaces with work,
 # a run's file is read again at its turn (memory stays bounded by a few runs' items).
 MAX_OPEN_RUNS = 4
@@ -60,18 +60,9 @@ MAX_OPEN_RUNS = 4
 QUEUE_FULL_RETRY_AFTER_S = 30
 
 
-def _inputs_dir(state: AppState) -> Path:
-    return state.settings.data_dir / "runs"
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _legacy_inputs(state: AppState, run_id: str) -> Path:
+    """Where a version before `runs.leases` kept a queued run's items."""
+    return state.settings.data_dir / "runs" / f"{run_id}.json"
 
 
 def status_public(run: BackgroundRun) -> RunStatusPublic:
@@ -145,6 +136,8 @@ class BackgroundRuns:
         self._open: OrderedDict[str, _OpenRun] = OrderedDict()  # least recently used first
         self._closed_seen: dict[str, set[str]] = {}  # ids taken by runs put back to their file
         self._submit_locks = WorkspaceLocks()
+        self._owner = leases.new_owner()
+        self._lease = timedelta(seconds=state.settings.background_lease_s)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -153,26 +146,45 @@ class BackgroundRuns:
         their funds are taken up again (the reservation each left in the database)."""
         if self._task is not None:
             return
-        active = await anyio.to_thread.run_sync(self._active_runs)
         self._held.clear()  # their reservations live on in the database: resumed below
         self._queue.clear()
         self._open.clear()
         self._closed_seen.clear()
-        for run_id, workspace_id, slug, left in active:
-            cost = (
-                quote(self.state.registry.get(slug), "index", Usage(items=left))
-                if slug in self.state.registry
-                else 0
-            )
-            self._held[run_id] = await self.state.funds.resume(
-                workspace_id, _funds_key(run_id), cost
-            )
-            self._queue.add(workspace_id, run_id)
+        await self._take_up()
         self._stopping = anyio.CancelScope()
         self._task = asyncio.get_running_loop().create_task(
             self._run_until_stopped(self._stopping), name="background-runs"
         )
         self._wake.set()
+
+    async def _take_up(self) -> None:
+        """Lease the runs that are this process's or nobody's (`runs.leases`: their process
+        died) and queue the new ones, their funds taken up from the database."""
+        claimed = await anyio.to_thread.run_sync(
+            partial(leases.claim, self.state.db, owner=self._owner, lease=self._lease)
+        )
+        for run in claimed:
+            if run.run_id in self._queue:
+                continue
+            cost = (
+                quote(self.state.registry.get(run.model), "index", Usage(items=run.left))
+                if run.model in self.state.registry
+                else 0
+            )
+            self._held[run.run_id] = await self.state.funds.resume(
+                run.workspace_id, _funds_key(run.run_id), cost
+            )
+            self._queue.add(run.workspace_id, run.run_id)
+            self._wake.set()
+
+    async def _keep_leases(self) -> None:
+        """Renew this process's leases and take up lapsed ones, a few times per lease."""
+        while True:
+            await anyio.sleep(self._lease.total_seconds() / 3)
+            try:
+                await self._take_up()
+            except Exception:
+                logger.exception("renewing background run leases failed")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -184,23 +196,10 @@ class BackgroundRuns:
             except asyncio.CancelledError:
                 pass
             self._task = None
+            await anyio.to_thread.run_sync(partial(leases.let_go, self.state.db, owner=self._owner))
         # A chunk cut short may still commit in its thread: read positions afresh on start.
         self._open.clear()
         self._closed_seen.clear()
-
-    def _active_runs(self) -> list[tuple[str, str, str, int]]:
-        with self.state.db.session() as session:
-            rows = session.execute(
-                select(
-                    BackgroundRun.id,
-                    BackgroundRun.workspace_id,
-                    BackgroundRun.model,
-                    BackgroundRun.total - BackgroundRun.next_index,
-                )
-                .where(BackgroundRun.status.in_(ACTIVE))
-                .order_by(BackgroundRun.created_at)
-            ).all()
-        return [(r[0], r[1], r[2], max(int(r[3]), 0)) for r in rows]
 
     # -- API ---------------------------------------------------------------------------
 
@@ -296,7 +295,6 @@ class BackgroundRuns:
         state = self.state
 
         def _write() -> RunStatusPublic:
-            _write_json_atomic(_inputs_dir(state) / f"{run_id}.json", raw_items)
             with state.db.session() as session:
                 run = BackgroundRun(
                     id=run_id,
@@ -315,9 +313,12 @@ class BackgroundRuns:
                     cancel_requested=False,
                     embed_seconds=0.0,
                     write_seconds=0.0,
+                    lease_owner=self._owner,
+                    lease_expires_at=datetime.now(UTC) + self._lease,
                 )
                 session.add(run)
                 session.flush()
+                leases.store_inputs(session, run_id, raw_items)
                 return status_public(run)
 
         try:
@@ -348,7 +349,7 @@ class BackgroundRuns:
         public, dequeued = await anyio.to_thread.run_sync(self._cancel_in_db, workspace_id, run_id)
         if dequeued:
             self._forget(run_id)
-            (_inputs_dir(self.state) / f"{run_id}.json").unlink(missing_ok=True)
+            _legacy_inputs(self.state, run_id).unlink(missing_ok=True)
         return public
 
     def _cancel_in_db(self, workspace_id: str, run_id: str) -> tuple[RunStatusPublic, bool]:
@@ -365,7 +366,9 @@ class BackgroundRuns:
                 .values(status="cancelled", cancel_requested=True, finished_at=datetime.now(UTC)),
             )
             run = self._owned(session, workspace_id, run_id)
-            if not dequeued:
+            if dequeued:
+                leases.drop_inputs(session, run_id)
+            else:
                 if run.status not in ACTIVE:
                     raise Conflict(
                         f"run {run_id} already ended ({run.status}); nothing to cancel",
@@ -389,7 +392,9 @@ class BackgroundRuns:
 
     async def _run_until_stopped(self, scope: anyio.CancelScope) -> None:
         with scope:
-            await self._loop()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_leases)
+                await self._loop()
 
     async def _loop(self) -> None:
         while True:
@@ -415,7 +420,18 @@ class BackgroundRuns:
                     self._forget(run_id)
 
     async def _step(self, run_id: str) -> None:
-        """One chunk of the run (or its end)."""
+        """One chunk of the run (or its end), while this process holds its lease."""
+        renewed = await anyio.to_thread.run_sync(
+            partial(
+                leases.renew, self.state.db, owner=self._owner, lease=self._lease, run_id=run_id
+            )
+        )
+        if not renewed:  # it ended, or another process took it up: whoever did settles it
+            self._queue.remove(run_id)
+            self._open.pop(run_id, None)
+            self._closed_seen.pop(run_id, None)
+            self._held.pop(run_id, None)
+            return
         current = self._open.get(run_id)
         if current is None:
             current = await anyio.to_thread.run_sync(
@@ -461,7 +477,7 @@ class BackgroundRuns:
         """Mark the run running and read its items (blocking); None if it is not active.
         `seen`: the ids it took before it was put back to its file, if it was."""
         state = self.state
-        path = _inputs_dir(state) / f"{run_id}.json"
+        path = _legacy_inputs(state, run_id)
         with state.db.session() as session:
             # A conditional write first: a cancel may end the queued run at the same moment.
             started = _updated(
@@ -476,15 +492,17 @@ class BackgroundRuns:
             if not started:
                 return None
             run = session.get_one(BackgroundRun, run_id)
-            if not path.exists():
+            raw_items = leases.load_inputs(session, run_id)
+            if raw_items is None and path.exists():  # queued by a version that kept a file
+                with open(path, encoding="utf-8") as fh:
+                    raw_items = json.load(fh)
+            if raw_items is None:
                 run.status = "failed"
                 run.error = {"code": "inputs_lost", "message": "the run's items are gone"}
                 run.finished_at = datetime.now(UTC)
                 return None
             session.flush()
             session.expunge(run)
-        with open(path, encoding="utf-8") as fh:
-            raw_items: list[Any] = json.load(fh)
         model = state.registry.get(run.model)
         ns = namespaces.resolve(  # the scope was checked when the run was submitted
             workspace_id=run.workspace_id, model=model, scope=namespaces.Scope(run.scope)
@@ -504,8 +522,10 @@ class BackgroundRuns:
         self._open.pop(run_id, None)
         self._closed_seen.pop(run_id, None)
         reservation = self._held.pop(run_id, None)
-        if reservation is not None:
-            self.state.funds.release(reservation)
+        # By its key: a run cancelled here may be held by another process, or by none.
+        self.state.funds.release(
+            reservation or Reservation("", 0, _funds_key(run_id))  # the amount is the row's
+        )
 
     def _finish(self, run_id: str, status: str, error: dict[str, Any] | None = None) -> None:
         with self.state.db.session() as session:
@@ -515,7 +535,8 @@ class BackgroundRuns:
             run.status = status
             run.error = error
             run.finished_at = datetime.now(UTC)
-        (_inputs_dir(self.state) / f"{run_id}.json").unlink(missing_ok=True)
+            leases.drop_inputs(session, run_id)
+        _legacy_inputs(self.state, run_id).unlink(missing_ok=True)
 
     def _cancel_requested(self, run_id: str) -> bool:
         with self.state.db.session() as session:

@@ -1,9 +1,16 @@
-"""Funds reserved in the database: a wallet's `reserved` total and one row per reservation.
+"""Replicas on one database: funds reserved in it, background runs leased from it.
+
+Funds: a wallet's `reserved` total and one row per reservation.
 
 Several service processes on one database reserve against the same wallet, so a reservation
 is a conditional update of `wallets.reserved` (never above the balance) and a row in
 `fund_reservations` that says who holds it until when: a row left by a process that died
 expires and is given back by any other (`billing.reservations`).
+
+Background runs: a lease (`lease_owner`, `lease_expires_at`) says which process works on a
+run; one that dies lets its lease expire and another takes the run up (`runs.leases`). The
+run's items move from a file on one process's disk into `background_run_inputs`, so that
+any process can read them.
 
 Revision ID: 0013
 Revises: 0008
@@ -41,9 +48,26 @@ def upgrade() -> None:
     )
     op.create_index("ix_fund_reservations_expires_at", "fund_reservations", ["expires_at"])
     op.create_index("ix_fund_reservations_workspace_id", "fund_reservations", ["workspace_id"])
+    with op.batch_alter_table("background_runs") as batch:
+        batch.add_column(sa.Column("lease_owner", sa.String(80), nullable=True))
+        batch.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_table(
+        "background_run_inputs",
+        sa.Column(
+            "run_id",
+            sa.String(40),
+            sa.ForeignKey("background_runs.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("items", sa.JSON(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("background_run_inputs")
+    with op.batch_alter_table("background_runs") as batch:
+        batch.drop_column("lease_expires_at")
+        batch.drop_column("lease_owner")
     op.drop_index("ix_fund_reservations_workspace_id", "fund_reservations")
     op.drop_index("ix_fund_reservations_expires_at", "fund_reservations")
     op.drop_table("fund_reservations")
