@@ -121,7 +121,7 @@ def main() -> int:
             if code_dir is not None:
                 env["PYTHONPATH"] = f"{code_dir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
             servers[name] = ServerProcess(data_dir, root / f"{data_dir.name}.log", env=env)
-            servers[name].start()
+            servers[name].start(timeout=600)
             keys[name] = make_key(db_url)
         clients = {name: httpx.Client(base_url=s.url, timeout=60) for name, s in servers.items()}
         for name, client in clients.items():

@@ -301,6 +301,26 @@ class BackgroundRunInputs(Base):
     items: Mapped[list[object]] = mapped_column(JSON)
 
 
+class RateLimit(Base):
+    """One rate-limit bucket every replica shares (`auth.shared_limits`, PostgreSQL)."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float)  # GCRA's theoretical arrival time (epoch s)
+    allowed: Mapped[bool] = mapped_column(Boolean)  # the last decision
+
+
+class SignInLockout(Base):
+    """Failed sign-ins of one key in a row, and its lock (`auth.shared_limits`)."""
+
+    __tablename__ = "sign_in_lockouts"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    locked_until: Mapped[float] = mapped_column(Float)  # epoch seconds
+
+
 class PendingWrite(Base):
     """A write-ahead intent: an index write whose charge is not yet recorded.
 

@@ -12,6 +12,8 @@ run; one that dies lets its lease expire and another takes the run up (`runs.lea
 run's items move from a file on one process's disk into `background_run_inputs`, so that
 any process can read them.
 
+Rate limits and sign-in lockouts: one row per key, so that replicas share each budget.
+
 Revision ID: 0013
 Revises: 0008
 """
@@ -62,8 +64,24 @@ def upgrade() -> None:
         sa.Column("items", sa.JSON(), nullable=False),
     )
 
+    # Rate limits and sign-in lockouts every replica shares (`auth.shared_limits`).
+    op.create_table(
+        "rate_limits",
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("tat", sa.Float(), nullable=False),
+        sa.Column("allowed", sa.Boolean(), nullable=False),
+    )
+    op.create_table(
+        "sign_in_lockouts",
+        sa.Column("key", sa.String(300), primary_key=True),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("locked_until", sa.Float(), nullable=False),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("sign_in_lockouts")
+    op.drop_table("rate_limits")
     op.drop_table("background_run_inputs")
     with op.batch_alter_table("background_runs") as batch:
         batch.drop_column("lease_expires_at")
