@@ -9,13 +9,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import func, select
 
 from vectorsvc.billing import reservations
 from vectorsvc.billing import service as billing
 from vectorsvc.billing.funds import Funds
 from vectorsvc.billing.service import InsufficientFunds, PendingCharge
-from vectorsvc.db.database import Database
+from vectorsvc.db.database import MIGRATIONS_DIR, Database
 from vectorsvc.db.tables import FundReservation, LedgerEntry, UsageRecord, Wallet
 from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
@@ -184,4 +186,15 @@ async def test_a_background_reservation_is_drawn_chunk_by_chunk_and_resumed(
     for reservation in (drawn, bigger, run):
         funds.release(reservation)
     await funds.aclose()
+    assert audit(any_db, funded)[:3] == (10 * PRICE, 0, 0)
+
+
+def test_migration_0013_goes_down_and_up_again(any_db: Database, funded: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    for target in ("0008", "head"):
+        with any_db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            (command.downgrade if target == "0008" else command.upgrade)(config, target)
+    # The wallet kept its balance through both; nothing is reserved after the way back up.
     assert audit(any_db, funded)[:3] == (10 * PRICE, 0, 0)
