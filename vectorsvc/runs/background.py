@@ -16,7 +16,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -136,8 +136,7 @@ class BackgroundRuns:
         self._open: OrderedDict[str, _OpenRun] = OrderedDict()  # least recently used first
         self._closed_seen: dict[str, set[str]] = {}  # ids taken by runs put back to their file
         self._submit_locks = WorkspaceLocks()
-        self._owner = leases.new_owner()
-        self._lease = timedelta(seconds=state.settings.background_lease_s)
+        self._leases = leases.Leases(state.db, state.settings.background_lease_s)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -160,10 +159,7 @@ class BackgroundRuns:
     async def _take_up(self) -> None:
         """Lease the runs that are this process's or nobody's (`runs.leases`: their process
         died) and queue the new ones, their funds taken up from the database."""
-        claimed = await anyio.to_thread.run_sync(
-            partial(leases.claim, self.state.db, owner=self._owner, lease=self._lease)
-        )
-        for run in claimed:
+        for run in await self._leases.take_up():
             if run.run_id in self._queue:
                 continue
             cost = (
@@ -180,7 +176,7 @@ class BackgroundRuns:
     async def _keep_leases(self) -> None:
         """Renew this process's leases and take up lapsed ones, a few times per lease."""
         while True:
-            await anyio.sleep(self._lease.total_seconds() / 3)
+            await anyio.sleep(self._leases.seconds / 3)
             try:
                 await self._take_up()
             except Exception:
@@ -196,7 +192,7 @@ class BackgroundRuns:
             except asyncio.CancelledError:
                 pass
             self._task = None
-            await anyio.to_thread.run_sync(partial(leases.let_go, self.state.db, owner=self._owner))
+            await self._leases.let_go()
         # A chunk cut short may still commit in its thread: read positions afresh on start.
         self._open.clear()
         self._closed_seen.clear()
@@ -313,8 +309,8 @@ class BackgroundRuns:
                     cancel_requested=False,
                     embed_seconds=0.0,
                     write_seconds=0.0,
-                    lease_owner=self._owner,
-                    lease_expires_at=datetime.now(UTC) + self._lease,
+                    lease_owner=self._leases.owner,
+                    lease_expires_at=self._leases.expiry(),
                 )
                 session.add(run)
                 session.flush()
@@ -420,13 +416,10 @@ class BackgroundRuns:
                     self._forget(run_id)
 
     async def _step(self, run_id: str) -> None:
-        """One chunk of the run (or its end), while this process holds its lease."""
-        renewed = await anyio.to_thread.run_sync(
-            partial(
-                leases.renew, self.state.db, owner=self._owner, lease=self._lease, run_id=run_id
-            )
-        )
-        if not renewed:  # it ended, or another process took it up: whoever did settles it
+        """One chunk of the run (or its end), while this process holds its lease: renewed
+        first unless that was done lately (then it cannot have lapsed since)."""
+        if not await self._leases.hold(run_id):
+            # It ended, or another process took it up: whoever did settles it.
             self._queue.remove(run_id)
             self._open.pop(run_id, None)
             self._closed_seen.pop(run_id, None)
@@ -521,6 +514,7 @@ class BackgroundRuns:
         self._queue.remove(run_id)
         self._open.pop(run_id, None)
         self._closed_seen.pop(run_id, None)
+        self._leases.forget(run_id)
         reservation = self._held.pop(run_id, None)
         # By its key: a run cancelled here may be held by another process, or by none.
         self.state.funds.release(

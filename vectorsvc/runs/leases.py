@@ -14,18 +14,23 @@ charge and progress commit together, keyed `<run id>:<chunk start>`.
 A run's items live in `background_run_inputs`, readable by every process; runs queued by a
 version that kept them in a file under the data dir are read from there.
 
-Blocking functions, each one transaction of its own.
+`Leases` is one process's side (async); the functions below it block, each one
+transaction of its own.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
+import anyio
 from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -33,6 +38,53 @@ from vectorsvc.db.database import Database
 from vectorsvc.db.tables import BackgroundRun, BackgroundRunInputs
 
 ACTIVE = ("queued", "running")
+
+
+class Leases:
+    """This process's leases: taken, renewed (at most every third of a lease, as a lease
+    renewed since cannot have lapsed), let go."""
+
+    def __init__(self, db: Database, seconds: float) -> None:
+        self.db = db
+        self.seconds = seconds
+        self.owner = new_owner()
+        self._lease = timedelta(seconds=seconds)
+        self._renewed: dict[str, float] = {}  # run id -> when its renewal was asked for
+
+    def expiry(self) -> datetime:
+        """When a lease taken now lapses."""
+        return datetime.now(UTC) + self._lease
+
+    async def take_up(self) -> list[Claimed]:
+        """`claim`: this process's runs, renewed, and those whose lease lapsed."""
+        asked = time.monotonic()
+        claimed = await anyio.to_thread.run_sync(
+            partial(claim, self.db, owner=self.owner, lease=self._lease)
+        )
+        for run in claimed:
+            self._renewed[run.run_id] = asked
+        return claimed
+
+    async def hold(self, run_id: str) -> bool:
+        """Whether this process still holds the run's lease (renewed now if it is due)."""
+        asked = time.monotonic()
+        if asked - self._renewed.get(run_id, -math.inf) < self.seconds / 3:
+            return True
+        renewed = await anyio.to_thread.run_sync(
+            partial(renew, self.db, owner=self.owner, lease=self._lease, run_id=run_id)
+        )
+        if renewed:
+            self._renewed[run_id] = asked
+        else:
+            self._renewed.pop(run_id, None)
+        return bool(renewed)
+
+    def forget(self, run_id: str) -> None:
+        self._renewed.pop(run_id, None)
+
+    async def let_go(self) -> None:
+        self._renewed.clear()
+        await anyio.to_thread.run_sync(partial(let_go, self.db, owner=self.owner))
 
 
 def new_owner() -> str:
