@@ -18,6 +18,7 @@ from vectorsvc import __version__
 from vectorsvc.accounts.endpoints import router as accounts_router
 from vectorsvc.accounts.service import SessionAccessTokens
 from vectorsvc.auth.keys import ApiKeyCache
+from vectorsvc.auth.shared_limits import SharedRateLimiter
 from vectorsvc.auth.throttle import AuthThrottle
 from vectorsvc.billing.endpoints import router as billing_router
 from vectorsvc.billing.funds import Funds
@@ -81,15 +82,19 @@ def build_state(
         token_verifier=SessionAccessTokens(db),
         collections=CollectionManager(store),
         media=MediaService.from_settings(settings, db),
-        rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+        rate_limiter=(
+            SharedRateLimiter(db, settings.rate_limit_per_minute, settings.rate_limit_burst)
+            if db.engine.dialect.name == "postgresql"  # replicas share one budget
+            else RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        ),
         write_locks=WorkspaceLocks(),
         funds=Funds(
             db,
             opening_micro_credits=opening_micro_credits(settings),
-            flush_interval_s=settings.charge_flush_ms / 1000.0,
+            reservation_ttl_s=settings.reservation_ttl_s,
         ),
         api_keys=ApiKeyCache(ttl_s=settings.api_key_cache_s),
-        auth_throttle=AuthThrottle(settings),
+        auth_throttle=AuthThrottle(settings, db),
     )
 
 

@@ -101,10 +101,14 @@ class Settings(BaseSettings):
     # Vector precision in the embedded store, for collections created from now on: float16
     # halves vector memory (docs/performance.md), cosine to float32 >= 0.99999.
     vector_datatype: Literal["float32", "float16"] = "float16"
-    # Query charges (search, execute) are written in batches after the response, this often;
-    # their funds are reserved in memory first (docs/architecture.md, "Billing and funds").
-    # Each write is Python work that competes with model calls (docs/performance.md).
-    charge_flush_ms: float = Field(default=1000.0, ge=0, le=60_000)
+    # A run's funds are reserved in the database before it starts (docs/architecture.md,
+    # "Billing and funds"); a reservation its process did not settle within this long (the
+    # process died) is given back by any process. Longer than any run takes.
+    reservation_ttl_s: float = Field(default=900.0, ge=10, le=86_400)
+    # A background run is worked on by the process that holds its lease, renewed while it
+    # lives (PostgreSQL: several processes share the runs); a dead process's runs are taken
+    # up by another once their lease lapses (docs/deployment.md, "Replicas").
+    background_lease_s: float = Field(default=60.0, ge=3, le=3600)
     # How long a verified API key is remembered in memory: `vectorsvc keys revoke` (another
     # process) takes effect within this. 0 checks the database on every request.
     api_key_cache_s: float = Field(default=5.0, ge=0, le=3600)

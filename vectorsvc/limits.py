@@ -36,6 +36,8 @@ class RateLimiter:
     `setting` the environment variable that changes the rate.
     """
 
+    blocking = False  # True where a decision waits on I/O (`auth.shared_limits`)
+
     def __init__(
         self,
         per_minute: int,

@@ -3,7 +3,6 @@ query charges written after the response without losing or doubling any."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,9 +116,9 @@ async def test_concurrent_runs_never_overdraw_and_every_debit_is_recorded(
     assert await wallet(service, key) == 50
 
 
-# --- Query charges are written after the response, in batches (`vectorsvc.billing.funds`):
-# searches reserve their cost before any work and the flusher writes the charges up to a
-# second later. These tests read the database directly, as an auditor would: nothing lost,
+# --- Query charges are written before the answer (`vectorsvc.billing.funds`): searches
+# reserve their cost in the database before any work and answer once their charge is
+# stored. These tests read the database directly, as an auditor would: nothing lost,
 # nothing charged twice, no wallet overdrawn.
 
 SEARCH = {"model": MODEL, "mode": "search", "scope": "docs", "input": {"text": "number"}}
@@ -127,27 +126,18 @@ SEARCH_COST = 100  # micro-credits per query (models.yaml)
 ITEM_COST = 200  # per indexed item
 
 
-async def stored_balance_reaches(service: Service, workspace_id: str, expected: int) -> int:
-    """Poll the database (not the API, which flushes first) until the flusher has written."""
-    deadline = time.monotonic() + 10
-    while True:
-        balance = billing.current_balance(service.db, workspace_id=workspace_id)
-        if balance == expected or time.monotonic() > deadline:
-            return balance
-        await anyio.sleep(0.02)
-
-
-async def test_the_flusher_writes_search_charges_on_its_own(service: Service) -> None:
+async def test_a_search_is_billed_before_it_answers(service: Service) -> None:
     key = service.new_key("acme")
     workspace_id = fund(service, "acme", 10_000)
-    for _ in range(3):
+    for n in range(1, 4):
         r = await service.run(key, SEARCH)
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["cost"] == "0.0001"
-    assert await stored_balance_reaches(service, workspace_id, 10_000 - 3 * SEARCH_COST) == (
-        10_000 - 3 * SEARCH_COST
-    )
-    assert usage_cost(service.db, workspace_id) == 3 * SEARCH_COST
+        # Read at once, past the API: a crash now would lose nothing.
+        assert usage_cost(service.db, workspace_id) == n * SEARCH_COST
+        assert billing.current_balance(service.db, workspace_id=workspace_id) == (
+            10_000 - n * SEARCH_COST
+        )
     assert_ledger_consistent(service.db, workspace_id)
 
 
@@ -216,16 +206,11 @@ async def test_a_top_up_from_another_process_is_seen_at_once(service: Service) -
     assert r.status_code == 200, r.text  # a refusal re-reads the wallet first
 
 
-async def test_shutting_down_writes_pending_charges(
-    settings: Settings, embedder_loader: Callable[[ModelSpec], Embedder]
-) -> None:
-    settings = settings.model_copy(update={"charge_flush_ms": 10_000.0})  # never on its own
-    async with running_service(settings, embedder_loader) as service:
-        key = service.new_key("acme")
-        workspace_id = fund(service, "acme", 10_000)
-        for _ in range(4):
-            assert (await service.run(key, SEARCH)).status_code == 200
-        assert usage_cost(service.db, workspace_id) == 0  # not written yet
-    assert usage_cost(service.db, workspace_id) == 4 * SEARCH_COST
-    assert billing.current_balance(service.db, workspace_id=workspace_id) == 10_000 - 400
+async def test_an_execute_run_is_billed_before_it_answers(service: Service) -> None:
+    key = service.new_key("acme")
+    workspace_id = fund(service, "acme", 10_000)
+    body = {"model": MODEL, "mode": "execute", "input": {"texts": ["a", "b"]}}
+    r = await service.run(key, body)
+    assert r.status_code == 200, r.text
+    assert usage_cost(service.db, workspace_id) == 2 * 100  # 100 per execute item
     assert_ledger_consistent(service.db, workspace_id)

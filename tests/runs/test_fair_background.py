@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from embedders.base import Embedder
 from tests.harness import Service, make_settings, running_service
 from tests.runs.test_background import MODEL, finished, point_count, status, submit, texts, wait_for
-from vectorsvc.db.tables import UsageRecord
+from vectorsvc.db.tables import BackgroundRunInputs, UsageRecord
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.runs.background import BackgroundRuns
 
@@ -167,8 +167,11 @@ async def test_a_queued_run_reserves_its_funds_until_it_ends(
         lost = await submit(svc, key, texts(6, start=400))
         r = await svc.run(key, index_body(texts(1, start=300)))
         assert r.status_code == 402, r.text
-        # So does a run that fails: here its items file is gone when the worker reaches it.
-        (settings.data_dir / "runs" / f"{lost['id']}.json").unlink()
+        # So does a run that fails: here its items are gone when the worker reaches it.
+        with svc.db.session() as session:
+            session.execute(
+                delete(BackgroundRunInputs).where(BackgroundRunInputs.run_id == lost["id"])
+            )
         await worker(svc).start()
         run = await wait_for(svc, key, lost["id"], finished)
         assert run["status"] == "failed" and run["error"]["code"] == "inputs_lost"

@@ -2,7 +2,8 @@
 
 The store is the real embedded engine, wrapped so that the upsert takes long enough for a
 run's `options.timeout_s` or the service's shutdown to land while it runs (or, for a
-failed charge, so that another process spends the funds while it runs).
+failed charge, so that its reservation expires and another process spends the funds
+while it runs).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from sqlalchemy import func, select
 from embedders.base import Embedder
 from tests.harness import Service, make_settings, running_service
 from tests.runs.test_background import finished, submit, wait_for
+from vectorsvc.billing import reservations
 from vectorsvc.billing import service as billing
 from vectorsvc.db.tables import UsageRecord
 from vectorsvc.model_registry.pricing import Usage
@@ -171,10 +174,13 @@ async def test_a_write_whose_charge_fails_is_removed_not_left_unpaid(
         real_store = state.store
 
         class SpentMeanwhile(SlowUpsert):
-            """After the write lands, another process spends part of the reserved funds."""
+            """After the write lands, its reservation expires (as if the run had outlived
+            VECTORSVC_RESERVATION_TTL_S) and another process spends part of the funds."""
 
             def upsert(self, collection: str, points: Sequence[PointRecord]) -> None:
                 super().upsert(collection, points)
+                later = datetime.now(UTC) + timedelta(days=2)
+                assert reservations.release_expired(svc.db, now=later) == 5 * PRICE
                 billing.charge(
                     svc.db,
                     workspace_id=workspace_id,

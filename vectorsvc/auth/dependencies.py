@@ -45,9 +45,17 @@ async def authenticate(
                 identify_caller, request, x_api_key, authorization
             )
         except Unauthenticated:
-            state.auth_throttle.auth_failed(client_address(request))
+            address = client_address(request)
+            if state.auth_throttle.failed_auth.blocking:  # counted in the database
+                await anyio.to_thread.run_sync(state.auth_throttle.auth_failed, address)
+            else:
+                state.auth_throttle.auth_failed(address)
             raise
-    state.rate_limiter.check(f"{caller.via}:{caller.principal_id}")
+    credential = f"{caller.via}:{caller.principal_id}"
+    if state.rate_limiter.blocking:
+        await anyio.to_thread.run_sync(state.rate_limiter.check, credential)
+    else:
+        state.rate_limiter.check(credential)
     return caller
 
 

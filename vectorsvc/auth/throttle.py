@@ -14,7 +14,8 @@ authenticates, and a bound on password hashing.
 
 The client address is the ASGI peer, rewritten from `X-Forwarded-For` only where the peer
 is one of `VECTORSVC_TRUSTED_PROXIES` (uvicorn's `ProxyHeadersMiddleware`, see
-`vectorsvc.app`). Every count lives in memory, per process, in bounded maps.
+`vectorsvc.app`). Every count lives in memory, per process, in bounded maps; on
+PostgreSQL in the database, shared by every replica (`auth.shared_limits`).
 See docs/deployment.md, "Floods", for the trade-offs.
 """
 
@@ -26,13 +27,17 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import HTTPConnection
 
+from vectorsvc.auth.shared_limits import SharedLockout, SharedRateLimiter
 from vectorsvc.config import Settings
+from vectorsvc.db.database import Database
 from vectorsvc.errors import ServiceError, Unauthenticated
-from vectorsvc.limits import Lockout, RateLimited, RateLimiter
+from vectorsvc.limits import Lockout as MemoryLockout
+from vectorsvc.limits import RateLimited
+from vectorsvc.limits import RateLimiter as MemoryRateLimiter
 
 T = TypeVar("T")
 
@@ -122,8 +127,22 @@ def password_hash_workers(configured: int) -> int:
 class AuthThrottle:
     """Every limit on authentication, built from the settings; one per app."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, db: Database | None = None) -> None:
+        """`db`: on PostgreSQL, the limits are counted there, shared by every replica
+        (`auth.shared_limits`); else in this process's memory."""
         max_keys = settings.auth_limiter_max_keys
+        shared = db if db is not None and db.engine.dialect.name == "postgresql" else None
+
+        def RateLimiter(per_minute: int, burst: int, **kwargs: Any) -> MemoryRateLimiter:  # noqa: N802
+            if shared is None:
+                return MemoryRateLimiter(per_minute, burst, **kwargs)
+            return SharedRateLimiter(shared, per_minute, burst, **kwargs)
+
+        def Lockout(failures: int, lock_s: float, **kwargs: Any) -> MemoryLockout:  # noqa: N802
+            if shared is None:
+                return MemoryLockout(failures, lock_s, **kwargs)
+            return SharedLockout(shared, failures, lock_s, **kwargs)
+
         self.failed_auth = RateLimiter(
             settings.auth_failures_per_minute,
             settings.auth_failures_burst,

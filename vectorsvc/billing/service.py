@@ -19,7 +19,7 @@ creates a workspace.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from vectorsvc.billing.money import format_credits, parse_credits
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.tables import LedgerEntry, UsageRecord, Wallet
+from vectorsvc.db.tables import FundReservation, LedgerEntry, UsageRecord, Wallet
 from vectorsvc.errors import Conflict, ServiceError, ValidationFailed
 from vectorsvc.model_registry.pricing import ModePrice, Usage
 from vectorsvc.model_registry.registry import ModelSpec
@@ -114,18 +114,22 @@ def charge(
     mode: str,
     units: Usage,
     opening_micro_credits: int = 0,
+    reservation_id: str | None = None,
 ) -> ChargeResult:
     """Record the run's usage and debit its cost, atomically; at most once per `run_id`.
 
     With a `Database`, this is one transaction of its own. With a `Session`, it joins the
     caller's transaction (to commit together with the caller's writes); on an exception the
     caller must roll back. Raises `InsufficientFunds` (402) when the balance no longer covers
-    the cost, and then nothing is written.
+    the cost, and then nothing is written. `reservation_id`: the funds held for the run
+    (`billing.reservations`), given back in the same transaction as the debit takes them.
     """
     now = datetime.now(UTC)
     pending = PendingCharge(workspace_id, run_id, spec, mode, units, now)
     cost = pending.cost
     with _transaction(db) as session:
+        if reservation_id is not None:
+            drop_reservations(session, [reservation_id])
         # Written first: the unique run_id is the idempotency key, and this write takes the lock.
         if run_id not in _record_usages(session, [pending]):
             return _already_charged(session, workspace_id=workspace_id, run_id=run_id)
@@ -143,7 +147,7 @@ def charge(
 
 @dataclass(frozen=True)
 class PendingCharge:
-    """A run's charge whose funds are reserved in memory, written later in a batch."""
+    """A run's charge, written with others in one batch; `reservation_id`: its funds."""
 
     workspace_id: str
     run_id: str
@@ -151,6 +155,7 @@ class PendingCharge:
     mode: str
     units: Usage
     created_at: datetime
+    reservation_id: str | None = None
 
     @property
     def cost(self) -> int:
@@ -168,10 +173,12 @@ def charge_batch(
 ) -> BatchResult:
     """Record and debit many runs' charges in one transaction (`charge`'s rules, batched).
 
-    Per workspace: one usage record and one ledger entry per run, one conditional debit of
-    their sum. Runs already charged are skipped. Where the balance no longer covers the sum
-    (only possible when another process spent reserved funds), the runs are debited one by
-    one while it lasts and the rest are returned as unpaid, their usage records not kept.
+    Their reservations are given back first, in the same transaction. Per workspace: one
+    usage record and one ledger entry per run, one conditional debit of their sum. Runs
+    already charged are skipped. Where what is available no longer covers the sum (only
+    possible when a reservation expired before its run was charged, and others spent the
+    funds), the runs are debited one by one while it lasts and the rest are returned as
+    unpaid, their usage records not kept.
     """
     by_workspace: dict[str, list[PendingCharge]] = {}
     for pending in charges:
@@ -180,13 +187,21 @@ def charge_batch(
     unpaid: list[PendingCharge] = []
     now = datetime.now(UTC)
     with _transaction(db) as session:
+        # Written first (SQLite takes its write lock here); a wallet with a reservation exists.
+        held = drop_reservations(
+            session, [p.reservation_id for p in charges if p.reservation_id is not None]
+        )
         for workspace_id, pending_runs in by_workspace.items():
             record_ids = _record_usages(session, pending_runs)
             recorded = [(p, record_ids[p.run_id]) for p in pending_runs if p.run_id in record_ids]
-            balance, _ = _open_wallet(
-                session, workspace_id=workspace_id, micro_credits=opening_micro_credits, now=now
-            )
             total = sum(p.cost for p, _ in recorded)
+            if workspace_id not in held or total == 0:
+                balance, _ = _open_wallet(
+                    session,
+                    workspace_id=workspace_id,
+                    micro_credits=opening_micro_credits,
+                    now=now,
+                )
             debited = _debit(session, workspace_id, total, now) if total > 0 else balance
             if debited is not None:
                 balance = debited + total
@@ -359,6 +374,41 @@ def _insert(session: Session, entity: Any) -> Any:
     return sqlite.insert(entity)
 
 
+def open_wallet_in(session: Session, workspace_id: str, micro_credits: int, now: datetime) -> None:
+    """Open the wallet in the caller's transaction if it has none (`open_wallet`'s rule)."""
+    _open_wallet(session, workspace_id=workspace_id, micro_credits=micro_credits, now=now)
+
+
+def drop_reservations(session: Session, reservation_ids: Sequence[str]) -> dict[str, int]:
+    """Delete the reservations (`billing.reservations`) in the caller's transaction and
+    lower their wallets' `reserved`: workspace id -> micro-credits given back."""
+    if not reservation_ids:
+        return {}
+    rows = session.execute(
+        delete(_RESERVATIONS)
+        .where(_RESERVATIONS.c.id.in_(list(reservation_ids)))
+        .returning(_RESERVATIONS.c.workspace_id, _RESERVATIONS.c.amount)
+    ).all()
+    return lower_reserved(session, rows)
+
+
+def lower_reserved(session: Session, rows: Iterable[Any]) -> dict[str, int]:
+    """Lower each wallet's `reserved` by the amounts of the (workspace id, amount) rows of the
+    reservations just deleted: workspace id -> micro-credits given back."""
+    by_workspace: dict[str, int] = {}
+    for workspace_id, amount in rows:
+        by_workspace[str(workspace_id)] = by_workspace.get(str(workspace_id), 0) + int(amount)
+    for workspace_id, amount in sorted(by_workspace.items()):  # one lock order: no deadlock
+        if amount:
+            session.execute(
+                update(Wallet)
+                .where(Wallet.workspace_id == workspace_id)
+                .values(reserved=Wallet.reserved - amount)
+                .execution_options(synchronize_session=False)
+            )
+    return by_workspace
+
+
 def _open_wallet(
     session: Session, *, workspace_id: str, micro_credits: int, now: datetime, note: str = ""
 ) -> tuple[int, bool]:
@@ -388,6 +438,7 @@ def _open_wallet(
 # Core tables: statements on them skip the ORM's per-row bookkeeping.
 _USAGE_TABLE = UsageRecord.metadata.tables[UsageRecord.__tablename__]
 _LEDGER_TABLE = LedgerEntry.metadata.tables[LedgerEntry.__tablename__]
+_RESERVATIONS = FundReservation.metadata.tables[FundReservation.__tablename__]
 
 
 def _record_usages(session: Session, pending_runs: Sequence[PendingCharge]) -> dict[str, int]:
@@ -424,10 +475,11 @@ def _usage_row(pending: PendingCharge) -> dict[str, Any]:
 
 
 def _debit(session: Session, workspace_id: str, cost: int, now: datetime) -> int | None:
-    """Take `cost` if the balance covers it: the balance after, else None (nothing taken)."""
+    """Take `cost` if what is available (the balance less what reservations hold) covers it:
+    the balance after, else None (nothing taken)."""
     debited = session.execute(
         update(Wallet)
-        .where(Wallet.workspace_id == workspace_id, Wallet.balance >= cost)
+        .where(Wallet.workspace_id == workspace_id, Wallet.balance - Wallet.reserved >= cost)
         .values(balance=Wallet.balance - cost, updated_at=now)
         .returning(Wallet.balance)
         .execution_options(synchronize_session=False)

@@ -176,14 +176,41 @@ class Wallet(Base):
     a CHECK that the balance never goes below zero, whatever the code above it does."""
 
     __tablename__ = "wallets"
-    __table_args__ = (CheckConstraint("balance >= 0", name="ck_wallets_balance_not_negative"),)
+    __table_args__ = (
+        CheckConstraint("balance >= 0", name="ck_wallets_balance_not_negative"),
+        CheckConstraint(
+            "reserved >= 0 AND reserved <= balance", name="ck_wallets_reserved_within_balance"
+        ),
+    )
 
     workspace_id: Mapped[str] = mapped_column(
         ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
     )
     balance: Mapped[int] = mapped_column(BigInteger)
+    # The sum of the wallet's `fund_reservations`: what runs under way hold (billing.reservations).
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FundReservation(Base):
+    """Funds set aside for one run (or a queued background run) until it is charged or given
+    back; `expires_at` lets any process give back what a dead one held (NULL: never)."""
+
+    __tablename__ = "fund_reservations"
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="ck_fund_reservations_amount_not_negative"),
+    )
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    amount: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class UsageRecord(Base):
@@ -228,7 +255,8 @@ class LedgerEntry(Base):
 class BackgroundRun(Base):
     """A background index run: its progress survives restarts (it resumes at `next_index`).
 
-    The items themselves wait in a JSON file under `<data dir>/runs/` until the run ends.
+    The items themselves wait in `background_run_inputs` until the run ends. The process
+    that works on it holds a lease (`runs.leases`); when it lapses, another takes it up.
     """
 
     __tablename__ = "background_runs"
@@ -256,6 +284,41 @@ class BackgroundRun(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+
+
+class BackgroundRunInputs(Base):
+    """A background run's items, readable by every process, until the run ends."""
+
+    __tablename__ = "background_run_inputs"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("background_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    items: Mapped[list[object]] = mapped_column(JSON)
+
+
+class RateLimit(Base):
+    """One rate-limit bucket every replica shares (`auth.shared_limits`, PostgreSQL)."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float)  # GCRA's theoretical arrival time (epoch s)
+    allowed: Mapped[bool] = mapped_column(Boolean)  # the last decision
+
+
+class SignInLockout(Base):
+    """Failed sign-ins of one key in a row, and its lock (`auth.shared_limits`)."""
+
+    __tablename__ = "sign_in_lockouts"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    locked_until: Mapped[float] = mapped_column(Float)  # epoch seconds
 
 
 class PendingWrite(Base):

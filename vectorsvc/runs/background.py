@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,8 +35,10 @@ from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.points import namespaces
 from vectorsvc.points.namespaces import Namespace
+from vectorsvc.runs import leases
 from vectorsvc.runs.gate import run_context
 from vectorsvc.runs.inputs import MetadataLimits
+from vectorsvc.runs.leases import ACTIVE
 from vectorsvc.runs.pipeline import index_items, parse_items
 from vectorsvc.runs.scheduling import FairQueue
 from vectorsvc.runs.schemas import (
@@ -52,7 +53,6 @@ from vectorsvc.state import AppState
 
 logger = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
 # Runs whose items stay in memory between their turns; beyond this many workspaces with work,
 # a run's file is read again at its turn (memory stays bounded by a few runs' items).
 MAX_OPEN_RUNS = 4
@@ -60,18 +60,9 @@ MAX_OPEN_RUNS = 4
 QUEUE_FULL_RETRY_AFTER_S = 30
 
 
-def _inputs_dir(state: AppState) -> Path:
-    return state.settings.data_dir / "runs"
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _legacy_inputs(state: AppState, run_id: str) -> Path:
+    """Where a version before `runs.leases` kept a queued run's items."""
+    return state.settings.data_dir / "runs" / f"{run_id}.json"
 
 
 def status_public(run: BackgroundRun) -> RunStatusPublic:
@@ -130,9 +121,9 @@ class BackgroundRuns:
     processed (more is `429 queue_full`), and a run reserves its whole quoted cost when it is
     queued (`billing.funds`; `402 insufficient_funds` when the balance minus what is already
     reserved cannot cover it). Each chunk's charge draws its part of that reservation; what
-    is left is released when the run ends, fails or is cancelled. The reservations live in
-    memory and are recomputed from the runs still active in the database at start-up, so a
-    restart cannot spend them twice.
+    is left is released when the run ends, fails or is cancelled. The reservation is a row
+    in the database without expiry, taken up again at start-up, so a restart cannot spend
+    it twice.
     """
 
     def __init__(self, state: AppState) -> None:
@@ -145,34 +136,51 @@ class BackgroundRuns:
         self._open: OrderedDict[str, _OpenRun] = OrderedDict()  # least recently used first
         self._closed_seen: dict[str, set[str]] = {}  # ids taken by runs put back to their file
         self._submit_locks = WorkspaceLocks()
+        self._leases = leases.Leases(state.db, state.settings.background_lease_s)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the worker; runs left queued or running by a previous process resume, and
-        their funds are reserved again (what is left to process, at today's prices)."""
+        their funds are taken up again (the reservation each left in the database)."""
         if self._task is not None:
             return
-        active = await anyio.to_thread.run_sync(self._active_runs)
-        for reservation in self._held.values():
-            self.state.funds.release(reservation)
-        self._held.clear()
+        self._held.clear()  # their reservations live on in the database: resumed below
         self._queue.clear()
         self._open.clear()
         self._closed_seen.clear()
-        for run_id, workspace_id, slug, left in active:
-            cost = (
-                quote(self.state.registry.get(slug), "index", Usage(items=left))
-                if slug in self.state.registry
-                else 0
-            )
-            self._held[run_id] = self.state.funds.hold(workspace_id, cost)
-            self._queue.add(workspace_id, run_id)
+        await self._take_up()
         self._stopping = anyio.CancelScope()
         self._task = asyncio.get_running_loop().create_task(
             self._run_until_stopped(self._stopping), name="background-runs"
         )
         self._wake.set()
+
+    async def _take_up(self) -> None:
+        """Lease the runs that are this process's or nobody's (`runs.leases`: their process
+        died) and queue the new ones, their funds taken up from the database."""
+        for run in await self._leases.take_up():
+            if run.run_id in self._queue:
+                continue
+            cost = (
+                quote(self.state.registry.get(run.model), "index", Usage(items=run.left))
+                if run.model in self.state.registry
+                else 0
+            )
+            self._held[run.run_id] = await self.state.funds.resume(
+                run.workspace_id, _funds_key(run.run_id), cost
+            )
+            self._queue.add(run.workspace_id, run.run_id)
+            self._wake.set()
+
+    async def _keep_leases(self) -> None:
+        """Renew this process's leases and take up lapsed ones, a few times per lease."""
+        while True:
+            await anyio.sleep(self._leases.seconds / 3)
+            try:
+                await self._take_up()
+            except Exception:
+                logger.exception("renewing background run leases failed")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -184,23 +192,10 @@ class BackgroundRuns:
             except asyncio.CancelledError:
                 pass
             self._task = None
+            await self._leases.let_go()
         # A chunk cut short may still commit in its thread: read positions afresh on start.
         self._open.clear()
         self._closed_seen.clear()
-
-    def _active_runs(self) -> list[tuple[str, str, str, int]]:
-        with self.state.db.session() as session:
-            rows = session.execute(
-                select(
-                    BackgroundRun.id,
-                    BackgroundRun.workspace_id,
-                    BackgroundRun.model,
-                    BackgroundRun.total - BackgroundRun.next_index,
-                )
-                .where(BackgroundRun.status.in_(ACTIVE))
-                .order_by(BackgroundRun.created_at)
-            ).all()
-        return [(r[0], r[1], r[2], max(int(r[3]), 0)) for r in rows]
 
     # -- API ---------------------------------------------------------------------------
 
@@ -252,7 +247,10 @@ class BackgroundRuns:
                     headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
                 )
             reservation = await state.funds.reserve(
-                workspace_id, quote(ctx.model, "index", Usage(items=len(raw_items)))
+                workspace_id,
+                quote(ctx.model, "index", Usage(items=len(raw_items))),
+                key=_funds_key(ctx.run_id),
+                expires=False,
             )
             # Shielded: once the funds are reserved, the run is created and queued together,
             # even if this request is cancelled meanwhile.
@@ -293,7 +291,6 @@ class BackgroundRuns:
         state = self.state
 
         def _write() -> RunStatusPublic:
-            _write_json_atomic(_inputs_dir(state) / f"{run_id}.json", raw_items)
             with state.db.session() as session:
                 run = BackgroundRun(
                     id=run_id,
@@ -312,9 +309,12 @@ class BackgroundRuns:
                     cancel_requested=False,
                     embed_seconds=0.0,
                     write_seconds=0.0,
+                    lease_owner=self._leases.owner,
+                    lease_expires_at=self._leases.expiry(),
                 )
                 session.add(run)
                 session.flush()
+                leases.store_inputs(session, run_id, raw_items)
                 return status_public(run)
 
         try:
@@ -345,7 +345,7 @@ class BackgroundRuns:
         public, dequeued = await anyio.to_thread.run_sync(self._cancel_in_db, workspace_id, run_id)
         if dequeued:
             self._forget(run_id)
-            (_inputs_dir(self.state) / f"{run_id}.json").unlink(missing_ok=True)
+            _legacy_inputs(self.state, run_id).unlink(missing_ok=True)
         return public
 
     def _cancel_in_db(self, workspace_id: str, run_id: str) -> tuple[RunStatusPublic, bool]:
@@ -362,7 +362,9 @@ class BackgroundRuns:
                 .values(status="cancelled", cancel_requested=True, finished_at=datetime.now(UTC)),
             )
             run = self._owned(session, workspace_id, run_id)
-            if not dequeued:
+            if dequeued:
+                leases.drop_inputs(session, run_id)
+            else:
                 if run.status not in ACTIVE:
                     raise Conflict(
                         f"run {run_id} already ended ({run.status}); nothing to cancel",
@@ -386,7 +388,9 @@ class BackgroundRuns:
 
     async def _run_until_stopped(self, scope: anyio.CancelScope) -> None:
         with scope:
-            await self._loop()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_leases)
+                await self._loop()
 
     async def _loop(self) -> None:
         while True:
@@ -412,7 +416,15 @@ class BackgroundRuns:
                     self._forget(run_id)
 
     async def _step(self, run_id: str) -> None:
-        """One chunk of the run (or its end)."""
+        """One chunk of the run (or its end), while this process holds its lease: renewed
+        first unless that was done lately (then it cannot have lapsed since)."""
+        if not await self._leases.hold(run_id):
+            # It ended, or another process took it up: whoever did settles it.
+            self._queue.remove(run_id)
+            self._open.pop(run_id, None)
+            self._closed_seen.pop(run_id, None)
+            self._held.pop(run_id, None)
+            return
         current = self._open.get(run_id)
         if current is None:
             current = await anyio.to_thread.run_sync(
@@ -458,7 +470,7 @@ class BackgroundRuns:
         """Mark the run running and read its items (blocking); None if it is not active.
         `seen`: the ids it took before it was put back to its file, if it was."""
         state = self.state
-        path = _inputs_dir(state) / f"{run_id}.json"
+        path = _legacy_inputs(state, run_id)
         with state.db.session() as session:
             # A conditional write first: a cancel may end the queued run at the same moment.
             started = _updated(
@@ -473,15 +485,17 @@ class BackgroundRuns:
             if not started:
                 return None
             run = session.get_one(BackgroundRun, run_id)
-            if not path.exists():
+            raw_items = leases.load_inputs(session, run_id)
+            if raw_items is None and path.exists():  # queued by a version that kept a file
+                with open(path, encoding="utf-8") as fh:
+                    raw_items = json.load(fh)
+            if raw_items is None:
                 run.status = "failed"
                 run.error = {"code": "inputs_lost", "message": "the run's items are gone"}
                 run.finished_at = datetime.now(UTC)
                 return None
             session.flush()
             session.expunge(run)
-        with open(path, encoding="utf-8") as fh:
-            raw_items: list[Any] = json.load(fh)
         model = state.registry.get(run.model)
         ns = namespaces.resolve(  # the scope was checked when the run was submitted
             workspace_id=run.workspace_id, model=model, scope=namespaces.Scope(run.scope)
@@ -500,9 +514,12 @@ class BackgroundRuns:
         self._queue.remove(run_id)
         self._open.pop(run_id, None)
         self._closed_seen.pop(run_id, None)
+        self._leases.forget(run_id)
         reservation = self._held.pop(run_id, None)
-        if reservation is not None:
-            self.state.funds.release(reservation)
+        # By its key: a run cancelled here may be held by another process, or by none.
+        self.state.funds.release(
+            reservation or Reservation("", 0, _funds_key(run_id))  # the amount is the row's
+        )
 
     def _finish(self, run_id: str, status: str, error: dict[str, Any] | None = None) -> None:
         with self.state.db.session() as session:
@@ -512,7 +529,8 @@ class BackgroundRuns:
             run.status = status
             run.error = error
             run.finished_at = datetime.now(UTC)
-        (_inputs_dir(self.state) / f"{run_id}.json").unlink(missing_ok=True)
+            leases.drop_inputs(session, run_id)
+        _legacy_inputs(self.state, run_id).unlink(missing_ok=True)
 
     def _cancel_requested(self, run_id: str) -> bool:
         with self.state.db.session() as session:
@@ -551,6 +569,11 @@ class BackgroundRuns:
             chunk=(start, end),
             reservation=reservation,
         )
+
+
+def _funds_key(run_id: str) -> str:
+    """The id of the reservation that holds a queued run's funds (`billing.reservations`)."""
+    return f"bg_{run_id}"
 
 
 def _updated(session: Session, statement: Update) -> int:

@@ -109,9 +109,9 @@ async def _precheck(ctx: RunContext, usage: Usage) -> None:
 
 @asynccontextmanager
 async def _paid_after(ctx: RunContext, usage: Usage) -> AsyncIterator[str]:
-    """Reserve the run's cost (402 if the wallet cannot cover it), do the work, then leave
-    the charge to the batched writer (`billing.funds`): it is off the request path. A run
-    that fails costs nothing. Yields the cost, as credits."""
+    """Reserve the run's cost (402 if the wallet cannot cover it), do the work, then write
+    the charge before answering (`billing.funds.settle`: a served run is billed even if the
+    process dies right after). A run that fails costs nothing. Yields the cost, as credits."""
     funds = ctx.state.funds
     reservation = await funds.reserve(ctx.workspace_id, quote(ctx.model, ctx.request.mode, usage))
     try:
@@ -119,7 +119,7 @@ async def _paid_after(ctx: RunContext, usage: Usage) -> AsyncIterator[str]:
     except BaseException:
         funds.release(reservation)
         raise
-    funds.defer(
+    await funds.settle(
         reservation,
         PendingCharge(
             workspace_id=ctx.workspace_id,
@@ -146,6 +146,7 @@ async def _charge(ctx: RunContext, usage: Usage) -> str:
             model=ctx.model,
             mode=ctx.request.mode,
             usage=usage,
+            reservation_id=reservation.id,
         ),
     )
     return format_credits(cost)

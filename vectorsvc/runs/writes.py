@@ -45,8 +45,10 @@ def charge_run(
     mode: str,
     usage: Usage,
     also: Callable[[Session], None] | None = None,
+    reservation_id: str | None = None,
 ) -> int:
-    """Record usage and debit it in one transaction (with `also`'s writes); the cost."""
+    """Record usage and debit it in one transaction (with `also`'s writes), dropping the
+    reservation `reservation_id` that held its funds; the cost."""
     with state.db.session() as session:
         result = charge(
             session,
@@ -56,6 +58,7 @@ def charge_run(
             mode=mode,
             units=usage,
             opening_micro_credits=opening_micro_credits(state.settings),
+            reservation_id=reservation_id,
         )
         if also is not None:
             also(session)
@@ -168,6 +171,7 @@ async def write_and_charge(
                         mode="index",
                         usage=usage,
                         also=_settle,
+                        reservation_id=reservation.id,
                     ),
                 )
             except BaseException:
