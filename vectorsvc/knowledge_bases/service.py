@@ -23,7 +23,7 @@ from vectorsvc.knowledge_bases.schemas import (
     KnowledgeBasePublic,
     KnowledgeBasesPublic,
 )
-from vectorsvc.points import catalog, namespaces
+from vectorsvc.points import catalog
 from vectorsvc.points.metadata import parse_metadata_filter
 from vectorsvc.points.namespaces import Namespace, Scope
 from vectorsvc.points.payload import read_payload
@@ -119,7 +119,7 @@ def list_knowledge_bases(
 
 def _namespace(state: AppState, *, workspace_id: str, model: str, scope: Scope) -> Namespace:
     spec = state.registry.get(model)
-    return namespaces.resolve(workspace_id=workspace_id, model=spec, scope=scope)
+    return state.collections.resolve(workspace_id=workspace_id, model=spec, scope=scope)
 
 
 def _require_known(state: AppState, ns: Namespace) -> None:
@@ -206,7 +206,9 @@ async def delete_matching(
         if dry_run:
             count = state.store.count(ns.collection, filter=flt)
             return DeleteResult(dry_run=True, count=count, deleted=0)
-        deleted = delete_and_recount(state.store, state.db, ns=ns, flt=flt, heal=True)
+        deleted = delete_and_recount(
+            state.store, state.db, ns=ns, flt=flt, heal=True, collections=state.collections
+        )
         return DeleteResult(dry_run=False, count=deleted, deleted=deleted)
 
     return await anyio.to_thread.run_sync(_delete)

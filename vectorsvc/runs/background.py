@@ -483,7 +483,7 @@ class BackgroundRuns:
         with open(path, encoding="utf-8") as fh:
             raw_items: list[Any] = json.load(fh)
         model = state.registry.get(run.model)
-        ns = namespaces.resolve(  # the scope was checked when the run was submitted
+        ns = state.collections.resolve(  # the scope was checked when the run was submitted
             workspace_id=run.workspace_id, model=model, scope=namespaces.Scope(run.scope)
         )
         if seen is None:

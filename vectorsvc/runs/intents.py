@@ -41,6 +41,8 @@ from vectorsvc.vectorstore.base import HasIds
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 1000  # a background run lists at most this many failed items
+# Writes keyed so are platform work (a release migration's re-embedding): never charged.
+FREE_RUN_PREFIX = "reembed_"
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def reconcile(state: AppState, intent: WriteIntent) -> Reconciled:
     ns = intent.ns
     spec = state.registry.get(ns.model_slug)
     stored = _stored_by(state, intent)
-    if not stored:
+    if not stored or intent.key.startswith(FREE_RUN_PREFIX):
         with state.db.session() as session:
             settle(session, intent.key)
         return Reconciled(intent.key, ns.workspace_id, 0, 0)
