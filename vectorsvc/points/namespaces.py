@@ -121,17 +121,36 @@ def resolve(
 ) -> Namespace:
     """`release`: the live release (default: the registry's); `mirror_releases` take the
     same writes and deletes; `reembed_from`: the release a migration re-embeds from."""
-    live = model.release if release is None else release
+    return resolve_release(
+        workspace_id=workspace_id,
+        slug=model.slug,
+        release=model.release if release is None else release,
+        scope=scope,
+        mirror_releases=mirror_releases,
+        reembed_from=reembed_from,
+    )
+
+
+def resolve_release(
+    *,
+    workspace_id: str,
+    slug: str,
+    release: str,
+    scope: Scope,
+    mirror_releases: tuple[str, ...] = (),
+    reembed_from: str | None = None,
+) -> Namespace:
+    """A namespace of one release of model `slug` (also of a model that left the registry)."""
     return Namespace(
         workspace_id=workspace_id,
-        model_slug=model.slug,
-        release=live,
+        model_slug=slug,
+        release=release,
         scope=scope,
-        collection=release_collection(model.slug, live),
-        alias=alias_name(model),
+        collection=release_collection(slug, release),
+        alias=model_alias(slug),
         tenant_key=tenant_key(workspace_id, scope),
-        mirrors=tuple(release_collection(model.slug, r) for r in mirror_releases),
-        reembed_from=None if reembed_from is None else release_collection(model.slug, reembed_from),
+        mirrors=tuple(release_collection(slug, r) for r in mirror_releases),
+        reembed_from=None if reembed_from is None else release_collection(slug, reembed_from),
     )
 
 

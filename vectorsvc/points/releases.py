@@ -307,8 +307,17 @@ def views(db: Database, registry: ModelRegistry) -> list[ReleaseView]:
     return [_view(row, known.get(row.model)) for row in rows]
 
 
-def view_of(row: ModelRelease, registry_release: str | None) -> ReleaseView:
-    return _view(row, registry_release)
+def live_release(db: Database, slug: str) -> str | None:
+    """The release `slug`'s reads go to, from its row (or, for a model that left the registry
+    before releases were recorded, from its knowledge bases' collection)."""
+    with db.session() as session:
+        row = session.get(ModelRelease, slug)
+        if row is not None:
+            return row.live_release
+        collection = session.scalar(
+            select(CatalogEntry.collection).where(CatalogEntry.model == slug).limit(1)
+        )
+    return namespaces.release_of(slug, collection) if collection else None
 
 
 def _view(row: ModelRelease, registry_release: str | None) -> ReleaseView:
@@ -384,3 +393,62 @@ def prune(db: Database, store: VectorStore, slug: str, *, all_old: bool) -> list
             row.previous_release = None  # the block on a rolled-back release stays
         row.updated_at = datetime.now(UTC)
         return sorted(dropped)
+
+
+def status_lines(db: Database, registry: ModelRegistry, store: VectorStore | None) -> list[str]:
+    """`vectorsvc models status`: each model's releases, their point counts (when the store
+    could be opened) and its migration."""
+    lines: list[str] = []
+    rows = {view.model: view for view in views(db, registry)}
+    slugs = sorted({m.slug for m in registry.models} | set(rows))
+    collections = store.list_collections() if store is not None else []
+    for slug in slugs:
+        view = rows.get(slug)
+        wanted = view.registry_release if view is not None else registry.get(slug).release
+        head = (
+            f"{slug}: not in the registry"
+            if wanted is None
+            else f"{slug}: registry release {wanted}"
+        )
+        if view is None:
+            lines.append(f"{head}, no release recorded yet (the service has not started)")
+            continue
+        head += f", live release {view.live}"
+        if view.migration is not None:
+            m = view.migration
+            share = 100 * m.done // m.total if m.total else 100
+            since = m.started_at.strftime("%Y-%m-%d %H:%M:%S UTC") if m.started_at else "-"
+            head += (
+                f", migrating to release {m.to_release}: {m.done}/{m.total} points ({share}%)"
+                f", {m.failed} failed, since {since}"
+            )
+        elif view.blocked is not None:
+            head += f", release {view.blocked} rolled back"
+        lines.append(head)
+        releases_here = {namespaces.release_of(slug, c) for c in collections} - {None}
+        named = {view.live, view.previous, view.migration.to_release if view.migration else None}
+        for release in sorted((releases_here | named) - {None}, key=_release_key):
+            assert release is not None
+            role = (
+                "live"
+                if release == view.live
+                else "filling"
+                if view.migration is not None and release == view.migration.to_release
+                else "rollback target"
+                if release == view.previous
+                else "old"
+            )
+            name = namespaces.release_collection(slug, release)
+            if store is None:
+                count = "points: ? (the running service holds the store)"
+            elif name in collections:
+                count = f"{store.count(name, filter=Filter()):,} points"
+            else:
+                count = "no collection (created on first write)"
+            lines.append(f"  r{release:<6} {role:<16} {count}")
+    return lines
+
+
+def _release_key(release: str | None) -> tuple[int, str]:
+    text = release or ""
+    return (int(text), text) if text.isdigit() else (1 << 62, text)
