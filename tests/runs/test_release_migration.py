@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from embedders.base import Embedder
 from tests.harness import Service, make_settings, running_service
+from vectorsvc.cli import main
 from vectorsvc.config import Settings
 from vectorsvc.db.tables import ModelRelease, ReleaseMigrationScope, UsageRecord
 from vectorsvc.model_registry.registry import DEFAULT_REGISTRY, ModelSpec
@@ -205,6 +206,19 @@ async def test_new_release_fills_in_background_and_swaps_atomically(
                 )
             ]
             assert any(c is not None for c in cursors)
+        # Visible: the Knowledge Bases API and /metrics show the release and the migration.
+        r = await service.client.get("/api/knowledge-bases", headers={"X-API-Key": ka})
+        entries = [e for e in r.json()["data"] if e["model"] == SLUG]
+        assert len(entries) == 2
+        for entry in entries:
+            assert entry["release"] == "1" and entry["collection"] == R1
+            assert entry["migration"]["to_release"] == "2"
+            assert (entry["migration"]["done"], entry["migration"]["total"]) == (4, 30)
+            assert entry["migration"]["started_at"]
+        metrics = (await service.client.get("/metrics")).text
+        assert f'vectorsvc_model_live_release{{model="{SLUG}",release="1"}} 1.0' in metrics
+        assert f'vectorsvc_release_migration_done{{model="{SLUG}",to_release="2"}} 4.0' in metrics
+        assert f'vectorsvc_release_migration_total{{model="{SLUG}",to_release="2"}} 30.0' in metrics
 
     # A restart resumes where it stopped: only the pages left are read.
     monkeypatch.undo()
@@ -236,6 +250,11 @@ async def test_new_release_fills_in_background_and_swaps_atomically(
             ).all()
             assert costs and all(c == 0 for c in costs)
 
+        r = await service.client.get("/api/knowledge-bases", headers={"X-API-Key": ka})
+        for entry in [e for e in r.json()["data"] if e["model"] == SLUG]:
+            assert (entry["release"], entry["collection"]) == ("2", R2)
+            assert entry["migration"] is None
+
     # A restart after a finished migration starts nothing.
     monkeypatch.undo()
     read = stop_after(monkeypatch, 0)  # any read would fail
@@ -243,6 +262,53 @@ async def test_new_release_fills_in_background_and_swaps_atomically(
         assert service.app.state.release_migrations._tasks == []
         assert read == []
         assert state_of(service).store.resolve_alias(ALIAS) == R2
+
+
+async def test_models_status_and_a_model_that_left_the_registry(
+    setup: Setup,
+    embedder_loader: Callable[[ModelSpec], Embedder],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_service(setup.settings("1"), embedder_loader) as service:
+        key = service.new_key("alpha")
+        await index(service, key, "docs", range(0, 6))
+    stop_after(monkeypatch, 1)  # the migration to release 2 stops after one page
+    settings = setup.settings("2")
+    async with running_service(settings, embedder_loader) as service:
+        await service.app.state.release_migrations.wait()
+    monkeypatch.setenv("VECTORSVC_MODELS_FILE", str(settings.models_file))
+    assert main(["models", "status", "--data-dir", str(settings.data_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    team = out.index(next(line for line in out if line.startswith(f"{SLUG}:")))
+    assert out[team].startswith(
+        f"{SLUG}: registry release 2, live release 1, migrating to release 2: 4/6 points (66%)"
+    )
+    assert out[team + 1].split() == ["r1", "live", "6", "points"]
+    assert out[team + 2].split() == ["r2", "filling", "4", "points"]
+
+    # The model leaves the registry: start-up says so; its knowledge base stays listable
+    # and deletable.
+    monkeypatch.undo()
+    caplog.set_level("WARNING")
+    async with running_service(setup.settings("2", with_team=False), embedder_loader) as service:
+        assert f"model {SLUG} is not in the registry" in caplog.text
+        key = service.new_key("alpha")
+        headers = {"X-API-Key": key}
+        r = await service.client.get("/api/knowledge-bases", headers=headers)
+        [entry] = [e for e in r.json()["data"] if e["model"] == SLUG]
+        assert (entry["model_name"], entry["release"], entry["point_count"]) == (SLUG, "1", 6)
+        r = await service.client.get(f"/api/knowledge-bases/{SLUG}/docs/items", headers=headers)
+        assert r.status_code == 200 and len(r.json()["data"]) == 6, r.text
+        r = await service.client.delete(
+            f"/api/knowledge-bases/{SLUG}/docs/items/d3", headers=headers
+        )
+        assert r.status_code == 200 and r.json()["deleted"] == 1, r.text
+        r = await service.client.delete(f"/api/knowledge-bases/{SLUG}/docs", headers=headers)
+        assert r.status_code == 200 and r.json()["deleted"] == 5, r.text
+        r = await service.client.get("/api/knowledge-bases", headers=headers)
+        assert [e for e in r.json()["data"] if e["model"] == SLUG] == []
 
 
 async def test_chained_releases_rollback_and_prune(

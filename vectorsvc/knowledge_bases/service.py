@@ -110,7 +110,10 @@ def list_knowledge_bases(
             KnowledgeBasePublic(
                 model=entry.model,
                 model_name=spec.name if spec is not None else entry.model,
-                collection=entry.collection,
+                # The live release's collection: a migration moved the entry's points there.
+                collection=entry.collection
+                if view is None
+                else namespaces.release_collection(entry.model, view.live),
                 scope=entry.scope,
                 modality=entry.modality,
                 point_count=entry.point_count,
