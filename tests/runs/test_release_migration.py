@@ -87,8 +87,7 @@ class Setup:
             self.tmp_path / "data",
             self.models_dir,
             models_file=path,
-            background_chunk_size=4,
-            **overrides,
+            **{"background_chunk_size": 4, **overrides},
         )
 
 

@@ -45,7 +45,7 @@ from vectorsvc.vectorstore.base import Filter
 logger = logging.getLogger(__name__)
 
 # Checks of a finished migration's counts before it gives up moving the alias.
-MAX_VERIFY_ROUNDS = 3
+MAX_VERIFY_ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -235,8 +235,9 @@ def _record_progress(
 
 
 def _verify(state: AppState, model: ModelSpec) -> bool:
-    """Whether every namespace holds as many points in the target as in the live release;
-    a namespace that does not is read again from its start (writes meanwhile went to both)."""
+    """Whether every namespace holds as many points in the target as in the live release,
+    each counted under its write guard (so no write or delete falls between the two counts);
+    a namespace that does not is read again from its start (unchanged items are skipped)."""
     route = state.collections.releases.route(model.slug)
     assert route is not None and route.target is not None
     live = namespaces.release_collection(model.slug, route.live)
@@ -244,14 +245,21 @@ def _verify(state: AppState, model: ModelSpec) -> bool:
     tenants = state.store.facet(
         live, namespaces.TENANT_FIELD, filter=Filter(), limit=releases.MAX_TENANTS
     )
-    filled = (
-        state.store.facet(
-            target, namespaces.TENANT_FIELD, filter=Filter(), limit=releases.MAX_TENANTS
+    short: list[str] = []
+    for tenant in sorted(tenants):
+        workspace_id, _, scope = tenant.partition("/")
+        ns = state.collections.resolve(
+            workspace_id=workspace_id, model=model, scope=namespaces.Scope(scope)
         )
-        if state.store.collection_exists(target)
-        else {}
-    )
-    short = sorted(t for t, n in tenants.items() if filled.get(t, 0) != n)
+        with state.collections.releases.guard(ns):
+            in_live = state.store.count(live, filter=ns.tenant_filter)
+            in_target = (
+                state.store.count(target, filter=ns.tenant_filter)
+                if state.store.collection_exists(target)
+                else 0
+            )
+        if in_live != in_target:
+            short.append(tenant)
     if not short:
         return True
     logger.warning("model %s: %d namespaces differ; reading them again", model.slug, len(short))
