@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from qdrant_client import QdrantClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from embedders.base import Embedder
 from tests.harness import Service, make_settings, running_service
@@ -275,6 +275,19 @@ async def test_new_release_fills_in_background_and_swaps_atomically(
                 select(UsageRecord.cost).where(UsageRecord.run_id.like("reembed_%"))
             ).all()
             assert costs and all(c == 0 for c in costs)
+        # ... and the usage summary says so: left out of the totals, counted apart.
+        await service.app.state.vectorsvc.funds.flush()
+        r = await service.client.get("/api/billing/usage/summary", headers={"X-API-Key": ka})
+        summary = r.json()
+        assert summary["platform_runs"] > 0
+        with service.db.session() as session:
+            own_runs = session.scalar(
+                select(func.count(UsageRecord.id)).where(
+                    UsageRecord.workspace_id == ws_alpha,
+                    ~UsageRecord.run_id.like("reembed_%"),
+                )
+            )
+        assert summary["totals"]["runs"] == own_runs
 
         r = await service.client.get("/api/knowledge-bases", headers={"X-API-Key": ka})
         for entry in [e for e in r.json()["data"] if e["model"] == SLUG]:
