@@ -426,6 +426,9 @@ def status_lines(db: Database, registry: ModelRegistry, store: VectorStore | Non
             head += f", release {view.blocked} rolled back"
         lines.append(head)
         releases_here = {namespaces.release_of(slug, c) for c in collections} - {None}
+        if store is not None and not releases_here and view.migration is None:
+            lines[-1] += ", no points yet"
+            continue
         named = {view.live, view.previous, view.migration.to_release if view.migration else None}
         for release in sorted((releases_here | named) - {None}, key=_release_key):
             assert release is not None
