@@ -379,3 +379,34 @@ async def test_chained_releases_rollback_and_prune(
         assert service.app.state.release_migrations._tasks == []
         key = service.new_key("alpha")
         assert (await top_hit(service, key, "docs", 4))[0] == "d4"
+
+
+async def test_an_abandoned_migration_leaves_nothing_behind(
+    edge_setup: Setup,
+    embedder_loader: Callable[[ModelSpec], Embedder],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_service(edge_setup.settings("1"), embedder_loader) as service:
+        key = service.new_key("alpha")
+        await index(service, key, "docs", range(0, 8))
+    stop_after(monkeypatch, 1)  # release 2 gets one page of 4, then stops
+    async with running_service(edge_setup.settings("2"), embedder_loader) as service:
+        await service.app.state.release_migrations.wait()
+        assert len(tenant_ids(service, R2)) == 4
+    monkeypatch.undo()
+    # Back to release 1: the migration is abandoned; an item is deleted meanwhile.
+    async with running_service(edge_setup.settings("1"), embedder_loader) as service:
+        assert service.app.state.release_migrations._tasks == []
+        key = service.new_key("alpha")
+        ids = {t.split(":")[1] for t in tenant_ids(service, R2)}
+        gone = sorted(ids)[0]
+        r = await service.run(
+            key, {"model": SLUG, "mode": "delete", "scope": "docs", "input": {"ids": [gone]}}
+        )
+        assert r.json()["output"]["deleted"] == 1, r.text
+    # Release 2 again: started afresh, the item deleted meanwhile does not come back.
+    async with running_service(edge_setup.settings("2"), embedder_loader) as service:
+        await service.app.state.release_migrations.wait()
+        assert state_of(service).store.resolve_alias(ALIAS) == R2
+        after = {t.split(":")[1] for t in tenant_ids(service, R2)}
+        assert after == {f"d{i}" for i in range(8)} - {gone}

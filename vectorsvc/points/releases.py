@@ -227,6 +227,11 @@ def _start_migration(
 ) -> None:
     if row.target_release is not None:
         _stop_migration(session, row)
+    target = namespaces.release_collection(row.model, wanted)
+    if wanted != row.previous_release and store.collection_exists(target):
+        # Left by an abandoned migration: it missed the writes and deletes made since.
+        # (The rollback target is kept in step by the writes, so it is filled on.)
+        store.delete_collection(target)
     tenants = store.facet(live, namespaces.TENANT_FIELD, filter=Filter(), limit=MAX_TENANTS)
     total = 0
     for tenant, count in sorted(tenants.items()):
