@@ -45,6 +45,7 @@ from vectorsvc.points.collections import CollectionManager
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.endpoints import router as runs_router
 from vectorsvc.runs.intents import reconcile_pending
+from vectorsvc.runs.migration import ReleaseMigrations
 from vectorsvc.state import AppState
 from vectorsvc.vectorstore import VectorStore, open_configured_store
 from vectorsvc.web import install_web
@@ -147,6 +148,10 @@ def create_app(
         # Index writes a crash cut between their upsert and their charge: charged now,
         # before any run (a background run's resume included) can see their points.
         await anyio.to_thread.run_sync(reconcile_pending, state)
+        # Each model's live release against the registry's: migrations start or resume
+        # (in the background), before any request reads a namespace.
+        app.state.release_migrations = ReleaseMigrations(state)
+        await app.state.release_migrations.start()
         await anyio.to_thread.run_sync(state.embeddings.preload, settings.preload_model_slugs)
         if settings.warm_store:
             started = time.perf_counter()
@@ -194,6 +199,7 @@ def create_app(
                 warmer.cancel()  # a warm() under way finishes first (its thread is not cut)
                 with contextlib.suppress(asyncio.CancelledError):
                     await warmer
+            await app.state.release_migrations.stop()
             await app.state.background_runs.stop()
             await state.funds.aclose()
             await state.embeddings.aclose()

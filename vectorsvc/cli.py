@@ -22,6 +22,7 @@ from vectorsvc.embedding import EmbedderSettings
 from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.model_registry.registry import ModelRegistry, RegistryError
 from vectorsvc.observability import configure_logging
+from vectorsvc.vectorstore.base import VectorStore
 from vectorsvc.workspaces.service import DEV_WORKSPACE, create_workspace, get_workspace_by_name
 
 logger = logging.getLogger(__name__)
@@ -334,6 +335,29 @@ def build_parser() -> argparse.ArgumentParser:
     m_download.add_argument("slug")
     m_download.set_defaults(func=cmd_models_download)
 
+    m_status = models_sub.add_parser(
+        "status",
+        parents=[common],
+        help="each model's releases, their point counts and migration state",
+    )
+    m_status.set_defaults(func=cmd_models_status)
+    m_rollback = models_sub.add_parser(
+        "rollback",
+        parents=[common],
+        help="point a model's alias back at its previous release (stop the service first)",
+    )
+    m_rollback.add_argument("slug")
+    m_rollback.set_defaults(func=cmd_models_rollback)
+    m_prune = models_sub.add_parser(
+        "prune",
+        parents=[common],
+        help="delete releases that are neither live nor the rollback target (stop the "
+        "service first)",
+    )
+    m_prune.add_argument("slug")
+    m_prune.add_argument("--all-old", action="store_true", help="delete the rollback target too")
+    m_prune.set_defaults(func=cmd_models_prune)
+
     add_client_commands(sub)  # ingest, search: API clients, defined with the client
     return parser
 
@@ -378,6 +402,71 @@ def cmd_models_download(args: argparse.Namespace) -> int:
         print(f"error: could not download {repo}: {exc}", file=sys.stderr)
         return 2
     print(f"downloaded {repo} into {target}")
+    return 0
+
+
+def _open_store(settings: Settings, *, required: bool) -> VectorStore | None:
+    """The configured store; None (or, when `required`, an error) while the running
+    service holds the embedded one."""
+    from vectorsvc.vectorstore import VectorStoreError, open_configured_store
+
+    try:
+        return open_configured_store(settings)
+    except VectorStoreError as exc:
+        if required:
+            raise ServiceError(f"{exc}: stop the service first", code="store_busy") from exc
+        return None
+
+
+def cmd_models_status(args: argparse.Namespace) -> int:
+    from vectorsvc.points import releases
+
+    settings = _settings(args)
+    db = _database(settings)
+    store = _open_store(settings, required=False)
+    try:
+        for line in releases.status_lines(db, _registry(settings), store):
+            print(line)
+    finally:
+        if store is not None:
+            store.close()
+        db.close()
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    from vectorsvc.points import releases
+
+    settings = _settings(args)
+    db = _database(settings)
+    store = _open_store(settings, required=True)
+    assert store is not None
+    try:
+        current, previous = releases.rollback(db, store, args.slug)
+    finally:
+        store.close()
+        db.close()
+    print(
+        f"{args.slug}: the alias points at release {previous} again (was {current}); release "
+        f"{current} is kept and not migrated to again until the registry names another release"
+    )
+    return 0
+
+
+def cmd_models_prune(args: argparse.Namespace) -> int:
+    from vectorsvc.points import releases
+
+    settings = _settings(args)
+    db = _database(settings)
+    store = _open_store(settings, required=True)
+    assert store is not None
+    try:
+        dropped = releases.prune(db, store, args.slug, all_old=args.all_old)
+    finally:
+        store.close()
+        db.close()
+    names = ", ".join(f"release {r}" for r in dropped) or "nothing"
+    print(f"{args.slug}: deleted {names}")
     return 0
 
 

@@ -11,6 +11,7 @@ from vectorsvc import __version__
 from vectorsvc.errors import ERROR_RESPONSES, Unauthenticated
 from vectorsvc.json_body import JSONRoute
 from vectorsvc.observability import Metrics
+from vectorsvc.points import releases
 from vectorsvc.state import StateDep
 
 router = APIRouter(tags=["health"], responses=ERROR_RESPONSES, route_class=JSONRoute)
@@ -51,4 +52,16 @@ def metrics(request: Request, state: StateDep) -> Response:
             code="metrics_forbidden",
         )
     registry: Metrics = request.app.state.metrics
+    registry.observe_releases(
+        [
+            (
+                view.model,
+                view.live,
+                None
+                if view.migration is None
+                else (view.migration.to_release, view.migration.done, view.migration.total),
+            )
+            for view in releases.views(state.db, state.registry)
+        ]
+    )
     return registry.render()

@@ -15,7 +15,7 @@ import secrets
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 from starlette.routing import Match
@@ -53,6 +53,24 @@ class Metrics:
             ["model", "kind"],
             registry=self.registry,
         )
+        self.live_release = Gauge(
+            "vectorsvc_model_live_release",
+            "1 for the release each model's alias points at.",
+            ["model", "release"],
+            registry=self.registry,
+        )
+        self.migration_done = Gauge(
+            "vectorsvc_release_migration_done",
+            "Points re-embedded so far into the release a migration is filling.",
+            ["model", "to_release"],
+            registry=self.registry,
+        )
+        self.migration_total = Gauge(
+            "vectorsvc_release_migration_total",
+            "Points the running migration of a model has to re-embed.",
+            ["model", "to_release"],
+            registry=self.registry,
+        )
         self.runs = Counter(
             "vectorsvc_runs_total",
             "Runs by model, mode and outcome.",
@@ -80,6 +98,20 @@ class Metrics:
     def observe_batch(self, model: str, kind: str, size: int, seconds: float) -> None:
         self.embed_batch_size.labels(model, kind).observe(size)
         self.embed_seconds.labels(model, kind).observe(seconds)
+
+    def observe_releases(
+        self, releases: list[tuple[str, str, tuple[str, int, int] | None]]
+    ) -> None:
+        """Each model's live release and running migration: (model, live release,
+        (to_release, done, total) or None). Read from the database at each scrape."""
+        for gauge in (self.live_release, self.migration_done, self.migration_total):
+            gauge.clear()
+        for model, live, migration in releases:
+            self.live_release.labels(model, live).set(1)
+            if migration is not None:
+                to_release, done, total = migration
+                self.migration_done.labels(model, to_release).set(done)
+                self.migration_total.labels(model, to_release).set(total)
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

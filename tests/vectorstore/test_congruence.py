@@ -126,7 +126,7 @@ def _drop_remote(client: QdrantClient, prefix: str) -> None:
                 ]
             )
     for coll in client.get_collections().collections:
-        if coll.name.startswith(prefix):
+        if coll.name.startswith(prefix) or f"__{prefix}" in coll.name:  # release collections
             client.delete_collection(coll.name)
 
 
@@ -422,6 +422,124 @@ def test_retrieve(h: Harness) -> None:
     assert [r.payload for r in records] == [DATA.payloads[9], DATA.payloads[2]]
     assert all(r.vector is None for r in records)
     assert h.store.retrieve(name, []) == []
+
+
+def test_delete_collection(h: Harness) -> None:
+    name, kept, alias = h.loaded(), h.name("kept"), h.name("live")
+    h.store.ensure_collection(spec(kept))
+    h.store.set_alias(alias, kept)
+    with pytest.raises(VectorStoreError):
+        h.store.delete_collection(kept)  # an alias names it
+    h.store.delete_collection(name)
+    assert not h.store.collection_exists(name) and name not in h.store.list_collections()
+    h.store.delete_collection(name)  # absent: nothing to do
+    h.store.ensure_collection(spec(name))  # the name can be used again, empty
+    assert h.store.count(name, filter=Filter()) == 0
+
+
+def test_release_migration_keeps_both_releases_in_step(h: Harness, tmp_path: Path) -> None:
+    """A release migration's store operations (`points.releases`, `points.store`,
+    `points.items`), alike on every backend: the re-embedded copy never undoes a delete or a
+    rewrite made while it was read, writes and deletes reach both releases, the alias moves
+    in one call and the old release can be dropped once it is not named."""
+    from vectorsvc.db.database import Database
+    from vectorsvc.model_registry.registry import ModelRegistry
+    from vectorsvc.points import namespaces
+    from vectorsvc.points.collections import CollectionManager
+    from vectorsvc.points.items import stored_items
+    from vectorsvc.points.payload import point_payload
+    from vectorsvc.points.releases import Route
+    from vectorsvc.points.store import delete_and_recount, upsert_and_recount
+    from vectorsvc.workspaces.service import create_workspace
+
+    base = ModelRegistry.from_file().get("all-minilm-l6-v2")
+    model = base.model_copy(update={"slug": f"{h.prefix[:-1]}m"})
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    db.migrate()
+    with db.session() as session:
+        workspace_id = create_workspace(session, name="acme").id
+    collections = CollectionManager(h.store)
+    scope = namespaces.Scope("docs")
+    rng = np.random.default_rng(7)
+
+    def points(ns: namespaces.Namespace, ids: range, tag: str = "") -> list[PointRecord]:
+        return [
+            PointRecord(
+                id=ns.point_id(f"d{i}"),
+                vector=rng.standard_normal(model.dimension).astype(np.float32),
+                payload=point_payload(
+                    ns,
+                    item_id=f"d{i}",
+                    text=f"text {i}{tag}",
+                    media_ref=None,
+                    metadata={"n": i},
+                    content_hash=None,
+                    run_id=None,
+                    indexed_at="2026-01-01T00:00:00+00:00",
+                ),
+            )
+            for i in ids
+        ]
+
+    def write(ns: namespaces.Namespace, recs: list[PointRecord]) -> None:
+        upsert_and_recount(
+            h.store, db, collections, model=model, ns=ns, modality="text", points=recs
+        )
+
+    r1 = namespaces.release_collection(model.slug, "1")
+    r2 = namespaces.release_collection(model.slug, "2")
+    alias = namespaces.alias_name(model)
+    old = namespaces.resolve(workspace_id=workspace_id, model=model, scope=scope, release="1")
+    write(old, points(old, range(20)))
+    assert h.store.resolve_alias(alias) == r1
+
+    collections.releases.set_route(model.slug, Route(live="1", mirrors=("2",), target="2"))
+    live = collections.resolve(workspace_id=workspace_id, model=model, scope=scope)
+    assert (live.collection, live.mirrors) == (r1, (r2,))
+    target = namespaces.resolve(
+        workspace_id=workspace_id, model=model, scope=scope, release="2", reembed_from="1"
+    )
+    page = stored_items(h.store, r1, live, limit=8, offset=None)
+    assert page.read == 8 and page.next_offset is not None
+    read_ids = [item.item_id for item in page.items]
+    # While the page is being re-embedded: one of its items is deleted, another rewritten.
+    gone, rewritten = read_ids[0], read_ids[1]
+    delete_and_recount(
+        h.store,
+        db,
+        ns=live,
+        flt=live.tenant_filter.and_(HasIds((live.point_id(gone),))),
+        collections=collections,
+    )
+    fresh = [p for p in points(live, range(20), " v2") if p.payload["id"] == rewritten]
+    write(live, fresh)
+    write(live, points(live, range(100, 102)))  # new items, written to both releases
+    copied = [
+        p for p in points(target, range(20)) if p.payload["id"] in set(read_ids)
+    ]  # the page's items as read
+    write(target, copied)
+    offset = page.next_offset
+    while offset is not None:
+        page = stored_items(h.store, r1, live, limit=8, offset=offset)
+        wanted = {item.item_id for item in page.items}
+        write(target, [p for p in points(target, range(200)) if p.payload["id"] in wanted])
+        offset = page.next_offset
+
+    def by_id(name: str) -> dict[str, str]:
+        found = h.store.scroll(name, filter=live.tenant_filter, limit=1000).points
+        return {str(p.payload["id"]): str(p.payload["text"]) for p in found}
+
+    assert gone not in by_id(r2)  # not resurrected
+    assert by_id(r2)[rewritten] == by_id(r1)[rewritten] == f"text {rewritten[1:]} v2"
+    assert set(by_id(r2)) == set(by_id(r1)) and len(by_id(r2)) == 21
+    h.store.set_alias(alias, r2)  # the swap: one call
+    assert h.store.resolve_alias(alias) == r2
+    assert h.store.count(alias, filter=live.tenant_filter) == 21
+    with pytest.raises(VectorStoreError):
+        h.store.delete_collection(r2)
+    h.store.delete_collection(r1)  # prune
+    assert h.store.list_collections().count(r1) == 0
+    db.close()
 
 
 # --- congruence: same data, same answers -------------------------------------------------

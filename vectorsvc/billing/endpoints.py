@@ -64,7 +64,7 @@ async def usage_summary(
 ) -> UsageSummaryPublic:
     query = service.parse_summary_query(start=start, end=end, group_by=group_by)
     await state.funds.flush()
-    totals, groups = await anyio.to_thread.run_sync(
+    totals, groups, platform_runs = await anyio.to_thread.run_sync(
         partial(service.usage_summary, state.db, workspace_id=caller.workspace_id, query=query)
     )
     return UsageSummaryPublic(
@@ -74,6 +74,7 @@ async def usage_summary(
         group_by=query.group_by,
         totals=_totals(totals),
         groups=[UsageGroup(key=g.key or "", **_totals(g).model_dump()) for g in groups],
+        platform_runs=platform_runs,
     )
 
 

@@ -39,3 +39,8 @@ class UsageSummaryPublic(BaseModel):
     currency: Literal["credits"] = "credits"
     totals: UsageTotals
     groups: list[UsageGroup]
+    platform_runs: int = Field(
+        default=0,
+        description="Free platform work on the workspace's data in the period, left out of "
+        "the totals: chunks of re-embedding into a new model release (never charged).",
+    )

@@ -326,15 +326,25 @@ def parse_summary_query(
     return SummaryQuery(start=begin, end=finish, group_by=chosen)  # type: ignore[arg-type]
 
 
+# Run ids of platform work: never charged, left out of a workspace's usage (`runs.intents`
+# writes them for a release migration's re-embedding).
+PLATFORM_RUN_PREFIX = "reembed_"
+
+
 def usage_summary(
     db: Database | Session, *, workspace_id: str, query: SummaryQuery
-) -> tuple[UsageRow, list[UsageRow]]:
-    """Totals and per-group sums of the workspace's usage records in the period."""
+) -> tuple[UsageRow, list[UsageRow], int]:
+    """Totals and per-group sums of the workspace's usage records in the period, and how
+    many free platform runs (re-embedding into a new model release) it left out."""
     conditions: list[ColumnElement[bool]] = [UsageRecord.workspace_id == workspace_id]
     if query.start is not None:
         conditions.append(UsageRecord.created_at >= query.start)
     if query.end is not None:
         conditions.append(UsageRecord.created_at < query.end)
+    # Platform work (re-embedding into a new model release) is free and not the workspace's
+    # usage: counted apart (`platform_runs`).
+    platform = UsageRecord.run_id.like(f"{PLATFORM_RUN_PREFIX}%")
+    conditions.append(~platform)
     sums = (
         func.count(UsageRecord.id),
         func.coalesce(func.sum(UsageRecord.items), 0),
@@ -343,6 +353,9 @@ def usage_summary(
     )
     with _transaction(db) as session:
         total = session.execute(select(*sums).where(*conditions)).one()
+        platform_runs = session.scalar(
+            select(func.count(UsageRecord.id)).where(*conditions[:-1], platform)
+        )
         # Grouped by the label: an expression repeated with bound parameters (the day on
         # PostgreSQL) would not be seen as the same expression by a server-side-binding driver.
         key: Label[Any] = _group_key(session, query.group_by).label("group_key")
@@ -352,6 +365,7 @@ def usage_summary(
     return (
         UsageRow(None, *(int(v) for v in total)),
         [UsageRow(str(g[0]), *(int(v) for v in g[1:])) for g in groups],
+        int(platform_runs or 0),
     )
 
 

@@ -345,3 +345,39 @@ class PendingWrite(Base):
     # A background chunk's progress, applied with its charge (None for a synchronous run).
     chunk: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelRelease(Base):
+    """Which release of a model its alias points at, the rollback target, and the migration
+    to the registry's release while one runs (`points.releases`). Survives restarts."""
+
+    __tablename__ = "model_releases"
+
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    live_release: Mapped[str] = mapped_column(String(64))
+    previous_release: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The release being filled in the background; None when no migration runs.
+    target_release: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A release rolled back from: not migrated to again until the registry names another.
+    blocked_release: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)  # items that could not be carried
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReleaseMigrationScope(Base):
+    """One namespace (tenant key) of a model to re-embed into its target release: where the
+    scroll through the live collection stands, so a restart resumes there."""
+
+    __tablename__ = "release_migration_scopes"
+
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    tenant_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(String(40))
+    scope: Mapped[str] = mapped_column(String(64))
+    cursor: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    finished: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -20,7 +20,7 @@ import anyio
 import numpy as np
 
 from embedders.base import Embeddings, MissingDependency, WeightsUnavailable
-from vectorsvc.embedding.runtime import ModelRuntime
+from vectorsvc.embedding.runtime import BACKGROUND, ModelRuntime
 from vectorsvc.embedding.settings import BatchObserver, EmbedderLoader, InputKind, WeightsCheck
 from vectorsvc.embedding.threads import configure_model_threads
 from vectorsvc.errors import Unavailable
@@ -107,7 +107,8 @@ class EmbeddingService:
                 raise _unavailable(spec, missing)
         # Large requests are a batch on their own; small ones coalesce in a lane.
         try:
-            if len(inputs) >= self._max_batch_items:
+            if len(inputs) >= self._max_batch_items or BACKGROUND.get():
+                # Background work goes straight to the runtime, at its own priority.
                 return await runtime.submit(kind, inputs)
             lane = self._lane(spec.slug, kind)
             future: asyncio.Future[Embeddings] = asyncio.get_running_loop().create_future()

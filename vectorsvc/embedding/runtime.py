@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,15 @@ _QUERIES_ACTIVE_S = 1.0
 _BUSY_CHUNK_CHARS = 1200
 # Lower runs first; equal priorities run in arrival order. _STOP ends the worker.
 _PRIORITY: dict[InputKind, int] = {"query": 0, "image": 1, "document": 1}
+# Platform work (re-embedding a model's points into a new release) runs after every
+# foreground chunk: set `BACKGROUND` in the task that asks for the vectors.
+_BACKGROUND_PRIORITY = 2
+# Background chunks while nobody searches: large enough for the model's batch throughput;
+# a foreground document job waits for at most one.
+_BACKGROUND_CHUNK_ITEMS = 32
 _STOP = 1 << 30
+
+BACKGROUND: ContextVar[bool] = ContextVar("vectorsvc_background_embedding", default=False)
 
 
 @dataclass(order=True)
@@ -53,6 +62,7 @@ class _Job:
     # Whether anyone still waits for the vectors (checked before each chunk).
     wanted: Callable[[], bool] = field(default=lambda: True, compare=False)
     taken: int = field(default=0, compare=False)  # inputs handed to workers so far
+    background: bool = field(default=False, compare=False)
     parts: dict[int, Embeddings] = field(default_factory=dict, compare=False)  # by start
 
 
@@ -155,7 +165,13 @@ class ModelRuntime:
     ) -> Embeddings:
         gone = False  # this coroutine was cancelled: chunks not yet taken are not run
         job = _Job(
-            0, 0, kind, inputs, Future(), wanted=lambda: not gone and (wanted is None or wanted())
+            0,
+            0,
+            kind,
+            inputs,
+            Future(),
+            wanted=lambda: not gone and (wanted is None or wanted()),
+            background=BACKGROUND.get(),
         )
         self._enqueue(job)
         try:
@@ -171,7 +187,8 @@ class ModelRuntime:
         docs/performance.md)."""
         if job.kind == "query":
             return len(job.inputs)
-        end = min(len(job.inputs), start + self._chunk_items)
+        size = _BACKGROUND_CHUNK_ITEMS if job.background else self._chunk_items
+        end = min(len(job.inputs), start + size)
         if time.monotonic() - self._last_query >= _QUERIES_ACTIVE_S:
             return end
         stop, budget = start, _BUSY_CHUNK_CHARS
@@ -194,7 +211,8 @@ class ModelRuntime:
                     )
                     worker.start()
                     self._worker_threads.append(worker)
-            job.priority, job.seq = _PRIORITY[job.kind], next(self._seq)
+            priority = _BACKGROUND_PRIORITY if job.background else _PRIORITY[job.kind]
+            job.priority, job.seq = priority, next(self._seq)
             self._jobs.put(job)
 
     def _work(self) -> None:

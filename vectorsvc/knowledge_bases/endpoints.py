@@ -88,9 +88,7 @@ async def delete_item(
     caller: CurrentCaller, state: StateDep, model: ModelPath, scope: ScopePath, item_id: ItemPath
 ) -> DeleteResult:
     checked = namespaces.validate_scope(scope)
-    ns = namespaces.resolve(
-        workspace_id=caller.workspace_id, model=state.registry.get(model), scope=checked
-    )
+    ns = service.namespace(state, workspace_id=caller.workspace_id, model=model, scope=checked)
     result = await service.delete_matching(
         state,
         workspace_id=caller.workspace_id,

@@ -8,6 +8,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class MigrationPublic(BaseModel):
+    """A model's new release being filled in the background; reads stay on `release`."""
+
+    to_release: str
+    done: int = Field(description="Points of the model re-embedded so far (all scopes).")
+    total: int = Field(description="Points of the model to re-embed (all scopes).")
+    started_at: datetime | None
+
+
 class KnowledgeBasePublic(BaseModel):
     model: str
     model_name: str
@@ -17,6 +26,10 @@ class KnowledgeBasePublic(BaseModel):
     point_count: int
     last_write_at: datetime
     approx_bytes: int
+    release: str | None = Field(description="The model release searches read.")
+    migration: MigrationPublic | None = Field(
+        default=None, description="Present while a new release of the model is being filled."
+    )
 
 
 class KnowledgeBasesPublic(BaseModel):

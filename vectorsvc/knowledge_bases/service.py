@@ -22,8 +22,9 @@ from vectorsvc.knowledge_bases.schemas import (
     ItemsPublic,
     KnowledgeBasePublic,
     KnowledgeBasesPublic,
+    MigrationPublic,
 )
-from vectorsvc.points import catalog, namespaces
+from vectorsvc.points import catalog, namespaces, releases
 from vectorsvc.points.metadata import parse_metadata_filter
 from vectorsvc.points.namespaces import Namespace, Scope
 from vectorsvc.points.payload import read_payload
@@ -74,7 +75,8 @@ def list_knowledge_bases(
     cursor: str | None,
     limit: int,
 ) -> KnowledgeBasesPublic:
-    if model is not None:
+    views = {view.model: view for view in releases.views(state.db, state.registry)}
+    if model is not None and model not in views:
         state.registry.get(model)
     after: tuple[str, str] | None = None
     if cursor:
@@ -97,19 +99,34 @@ def list_knowledge_bases(
     has_more = len(entries) > limit
     entries = entries[:limit]
     data = []
+    published = {spec.slug: spec for spec in state.registry.models}
     for entry in entries:
-        spec = state.registry.get(entry.model)
+        # A model that left the registry keeps its knowledge bases listable (and deletable).
+        spec = published.get(entry.model)
+        view = views.get(entry.model)
+        migration = view.migration if view is not None else None
+        vector_bytes = spec.dimension * 4 if spec is not None else 0
         data.append(
             KnowledgeBasePublic(
                 model=entry.model,
-                model_name=spec.name,
-                collection=entry.collection,
+                model_name=spec.name if spec is not None else entry.model,
+                # The live release's collection: a migration moved the entry's points there.
+                collection=entry.collection
+                if view is None
+                else namespaces.release_collection(entry.model, view.live),
                 scope=entry.scope,
                 modality=entry.modality,
                 point_count=entry.point_count,
                 last_write_at=entry.last_write_at,
-                approx_bytes=int(
-                    entry.point_count * (spec.dimension * 4 + entry.avg_payload_bytes)
+                approx_bytes=int(entry.point_count * (vector_bytes + entry.avg_payload_bytes)),
+                release=view.live if view is not None else None,
+                migration=None
+                if migration is None
+                else MigrationPublic(
+                    to_release=migration.to_release,
+                    done=migration.done,
+                    total=migration.total,
+                    started_at=migration.started_at,
                 ),
             )
         )
@@ -117,9 +134,19 @@ def list_knowledge_bases(
     return KnowledgeBasesPublic(data=data, count=total, next_cursor=next_cursor)
 
 
-def _namespace(state: AppState, *, workspace_id: str, model: str, scope: Scope) -> Namespace:
-    spec = state.registry.get(model)
-    return namespaces.resolve(workspace_id=workspace_id, model=spec, scope=scope)
+def namespace(state: AppState, *, workspace_id: str, model: str, scope: Scope) -> Namespace:
+    """The namespace of a published model, or of one that left the registry while its
+    knowledge bases still hold points (its last live release: listable and deletable)."""
+    try:
+        spec = state.registry.get(model)
+    except NotFound:
+        live = releases.live_release(state.db, model)
+        if live is None:
+            raise
+        return namespaces.resolve_release(
+            workspace_id=workspace_id, slug=model, release=live, scope=scope
+        )
+    return state.collections.resolve(workspace_id=workspace_id, model=spec, scope=scope)
 
 
 def _require_known(state: AppState, ns: Namespace) -> None:
@@ -151,7 +178,7 @@ def item_public(record: PointRecord) -> ItemPublic:
 async def list_items(
     state: AppState, *, workspace_id: str, model: str, scope: Scope, cursor: str | None, limit: int
 ) -> ItemsPublic:
-    ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
+    ns = namespace(state, workspace_id=workspace_id, model=model, scope=scope)
     offset = _decode_scroll_cursor(cursor) if cursor else None
 
     def _scroll() -> ItemsPublic:
@@ -170,7 +197,7 @@ async def list_items(
 async def get_item(
     state: AppState, *, workspace_id: str, model: str, scope: Scope, item_id: str
 ) -> ItemPublic:
-    ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
+    ns = namespace(state, workspace_id=workspace_id, model=model, scope=scope)
 
     def _get() -> ItemPublic:
         _require_known(state, ns)
@@ -198,7 +225,7 @@ async def delete_matching(
     dry_run: bool,
 ) -> DeleteResult:
     """Delete (or count, on a dry run) the scope's points matching `extra` (all if None)."""
-    ns = _namespace(state, workspace_id=workspace_id, model=model, scope=scope)
+    ns = namespace(state, workspace_id=workspace_id, model=model, scope=scope)
     flt = ns.tenant_filter if extra is None else ns.tenant_filter.and_(*extra.must)
 
     def _delete() -> DeleteResult:
@@ -206,7 +233,9 @@ async def delete_matching(
         if dry_run:
             count = state.store.count(ns.collection, filter=flt)
             return DeleteResult(dry_run=True, count=count, deleted=0)
-        deleted = delete_and_recount(state.store, state.db, ns=ns, flt=flt, heal=True)
+        deleted = delete_and_recount(
+            state.store, state.db, ns=ns, flt=flt, heal=True, collections=state.collections
+        )
         return DeleteResult(dry_run=False, count=deleted, deleted=deleted)
 
     return await anyio.to_thread.run_sync(_delete)

@@ -50,8 +50,9 @@ def find_references(
     )
     found: list[MediaReference] = []
     for model in registry.models:
-        collection = namespaces.collection_name(model)
-        if "image" not in model.modalities or not store.collection_exists(collection):
+        # The live release's collection, as searches read it.
+        collection = store.resolve_alias(namespaces.alias_name(model)) or ""
+        if "image" not in model.modalities or not collection:
             continue
         per_scope = store.facet(collection, namespaces.SCOPE_FIELD, filter=uses, limit=MAX_SCOPES)
         for scope, points in sorted(per_scope.items()):

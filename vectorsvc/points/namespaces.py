@@ -64,9 +64,15 @@ class Namespace:
     model_slug: str
     release: str
     scope: str
-    collection: str
+    collection: str  # the live release's: reads, and the writes the catalog counts
     alias: str
     tenant_key: str
+    # Collections that take the same writes and deletes (`points.releases`): a release being
+    # filled by a migration, the rollback target after one.
+    mirrors: tuple[str, ...] = ()
+    # A migration's re-embedding target: its writes land only where the live collection
+    # still holds the same item, and the catalog does not count them.
+    reembed_from: str | None = None
 
     @property
     def tenant_filter(self) -> Filter:
@@ -78,32 +84,80 @@ class Namespace:
 
 
 def collection_name(model: ModelSpec) -> str:
-    return f"{_COLLECTION_PREFIX}__{model.slug}__r{model.release}"
+    return release_collection(model.slug, model.release)
+
+
+def release_collection(slug: str, release: str) -> str:
+    """The collection of one release of a model."""
+    return f"{_COLLECTION_PREFIX}__{slug}__r{release}"
+
+
+def release_of(slug: str, collection: str) -> str | None:
+    """The release whose collection `collection` is (None: not one of `slug`'s)."""
+    prefix = f"{_COLLECTION_PREFIX}__{slug}__r"
+    return collection[len(prefix) :] if collection.startswith(prefix) else None
 
 
 def alias_name(model: ModelSpec) -> str:
-    return f"{_COLLECTION_PREFIX}__{model.slug}"
+    return model_alias(model.slug)
+
+
+def model_alias(slug: str) -> str:
+    return f"{_COLLECTION_PREFIX}__{slug}"
 
 
 def tenant_key(workspace_id: str, scope: str) -> str:
     return f"{workspace_id}/{scope}"
 
 
-def resolve(*, workspace_id: str, model: ModelSpec, scope: Scope) -> Namespace:
-    return Namespace(
+def resolve(
+    *,
+    workspace_id: str,
+    model: ModelSpec,
+    scope: Scope,
+    release: str | None = None,
+    mirror_releases: tuple[str, ...] = (),
+    reembed_from: str | None = None,
+) -> Namespace:
+    """`release`: the live release (default: the registry's); `mirror_releases` take the
+    same writes and deletes; `reembed_from`: the release a migration re-embeds from."""
+    return resolve_release(
         workspace_id=workspace_id,
-        model_slug=model.slug,
-        release=model.release,
+        slug=model.slug,
+        release=model.release if release is None else release,
         scope=scope,
-        collection=collection_name(model),
-        alias=alias_name(model),
-        tenant_key=tenant_key(workspace_id, scope),
+        mirror_releases=mirror_releases,
+        reembed_from=reembed_from,
     )
 
 
-def collection_spec(model: ModelSpec) -> CollectionSpec:
+def resolve_release(
+    *,
+    workspace_id: str,
+    slug: str,
+    release: str,
+    scope: Scope,
+    mirror_releases: tuple[str, ...] = (),
+    reembed_from: str | None = None,
+) -> Namespace:
+    """A namespace of one release of model `slug` (also of a model that left the registry)."""
+    return Namespace(
+        workspace_id=workspace_id,
+        model_slug=slug,
+        release=release,
+        scope=scope,
+        collection=release_collection(slug, release),
+        alias=model_alias(slug),
+        tenant_key=tenant_key(workspace_id, scope),
+        mirrors=tuple(release_collection(slug, r) for r in mirror_releases),
+        reembed_from=None if reembed_from is None else release_collection(slug, reembed_from),
+    )
+
+
+def collection_spec(model: ModelSpec, name: str | None = None) -> CollectionSpec:
+    """The collection of `model`'s registry release (or another of its releases, `name`)."""
     return CollectionSpec(
-        name=collection_name(model),
+        name=name or collection_name(model),
         dimension=model.dimension,
         tenant_key=TENANT_FIELD,
         keyword_fields=(WORKSPACE_FIELD, SCOPE_FIELD, ID_FIELD),

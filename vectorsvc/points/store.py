@@ -15,6 +15,7 @@ from vectorsvc.db.database import Database
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.points import catalog, namespaces
 from vectorsvc.points.collections import CollectionManager
+from vectorsvc.points.items import same_item
 from vectorsvc.points.namespaces import Namespace
 from vectorsvc.vectorstore.base import Filter, HasIds, PointRecord, VectorStore
 
@@ -56,12 +57,18 @@ def upsert_and_recount(
     (blocking)."""
     if not points:
         return 0
-    collections.ensure(model)
-    existing = store.count(
-        ns.collection, filter=ns.tenant_filter.and_(HasIds(tuple(p.id for p in points)))
-    )
-    store.upsert(ns.collection, points)
-    total = store.count(ns.collection, filter=ns.tenant_filter)
+    collections.ensure(model, ns)
+    with collections.releases.guard(ns):
+        if ns.reembed_from is not None:
+            _upsert_reembedded(store, ns, ns.reembed_from, points)
+            return 0
+        existing = store.count(
+            ns.collection, filter=ns.tenant_filter.and_(HasIds(tuple(p.id for p in points)))
+        )
+        store.upsert(ns.collection, points)
+        for mirror in ns.mirrors:
+            store.upsert(mirror, points)
+        total = store.count(ns.collection, filter=ns.tenant_filter)
     created = len(points) - existing
     catalog.record_write(
         db,
@@ -74,14 +81,36 @@ def upsert_and_recount(
     return created
 
 
+def _upsert_reembedded(
+    store: VectorStore, ns: Namespace, source: str, points: list[PointRecord]
+) -> None:
+    """A migration's re-embedded points, each written only while the live release (`source`)
+    still holds the same item: one deleted or rewritten since it was read was written to
+    this release too, by the write that changed it (the caller holds the namespace's guard)."""
+    live = {p.id: p.payload for p in store.retrieve(source, [p.id for p in points])}
+    keep = [p for p in points if p.id in live and same_item(live[p.id], p.payload)]
+    if keep:
+        store.upsert(ns.collection, keep)
+
+
 def delete_and_recount(
-    store: VectorStore, db: Database, *, ns: Namespace, flt: Filter, heal: bool = False
+    store: VectorStore,
+    db: Database,
+    *,
+    ns: Namespace,
+    flt: Filter,
+    heal: bool = False,
+    collections: CollectionManager,
 ) -> int:
     """Delete `ns`'s points matching `flt` (already restricted to the tenant) and record
     the count left; how many were deleted (blocking). The count is recorded only when
     something was deleted, unless `heal` (the Knowledge Bases API: a delete there also
     corrects a count left stale)."""
-    deleted = store.delete(ns.collection, filter=flt)
+    with collections.releases.guard(ns):
+        deleted = store.delete(ns.collection, filter=flt)
+        for mirror in ns.mirrors:
+            if store.collection_exists(mirror):
+                store.delete(mirror, filter=flt)
     if deleted or heal:
         remaining = store.count(ns.collection, filter=ns.tenant_filter)
         catalog.record_count(db, ns=ns, point_count=remaining)

@@ -497,7 +497,7 @@ class BackgroundRuns:
             session.flush()
             session.expunge(run)
         model = state.registry.get(run.model)
-        ns = namespaces.resolve(  # the scope was checked when the run was submitted
+        ns = state.collections.resolve(  # the scope was checked when the run was submitted
             workspace_id=run.workspace_id, model=model, scope=namespaces.Scope(run.scope)
         )
         if seen is None:

@@ -19,7 +19,6 @@ from typing import Any
 
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.model_registry.registry import ModelSpec
-from vectorsvc.points import namespaces
 from vectorsvc.points.namespaces import Namespace
 from vectorsvc.runs.schemas import RunRequest
 from vectorsvc.state import AppState
@@ -61,7 +60,7 @@ def run_context(
         check_input_modalities(model, request.input)
         model.contracts[request.mode].check(request.input, request.params)  # type: ignore[index]
     namespace = (
-        namespaces.resolve(workspace_id=workspace_id, model=model, scope=request.scope)
+        state.collections.resolve(workspace_id=workspace_id, model=model, scope=request.scope)
         if request.scope is not None
         else None
     )

@@ -29,7 +29,12 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from vectorsvc.billing.service import InsufficientFunds, charge, opening_micro_credits
+from vectorsvc.billing.service import (
+    PLATFORM_RUN_PREFIX,
+    InsufficientFunds,
+    charge,
+    opening_micro_credits,
+)
 from vectorsvc.db.tables import BackgroundRun, PendingWrite
 from vectorsvc.errors import NotFound
 from vectorsvc.model_registry.pricing import Usage
@@ -41,6 +46,8 @@ from vectorsvc.vectorstore.base import HasIds
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 1000  # a background run lists at most this many failed items
+# Writes keyed so are platform work (a release migration's re-embedding): never charged.
+FREE_RUN_PREFIX = PLATFORM_RUN_PREFIX
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,7 @@ def reconcile(state: AppState, intent: WriteIntent) -> Reconciled:
     ns = intent.ns
     spec = state.registry.get(ns.model_slug)
     stored = _stored_by(state, intent)
-    if not stored:
+    if not stored or intent.key.startswith(FREE_RUN_PREFIX):
         with state.db.session() as session:
             settle(session, intent.key)
         return Reconciled(intent.key, ns.workspace_id, 0, 0)

@@ -221,13 +221,15 @@ async def index_items(
     max_decoded_pixels: int | None = None,
     chunk: tuple[int, int] | None = None,
     reservation: Reservation | None = None,
+    free: bool = False,
 ) -> Indexed:
     """Index `batch` into `ns` for run `run_id`: prepare, dedupe, embed, write and charge.
 
     `strict` (a synchronous run): the first failure raises and nothing is written; else each
     failure joins `batch.failures`. `chunk` (a background run's items `start..end-1`): the
     charge is keyed `<run id>:<start>` and the chunk's progress commits with it. `reservation`:
-    the run's funds, which the charge draws its part of (else it reserves its own).
+    the run's funds, which the charge draws its part of (else it reserves its own). `free`:
+    platform work (a release migration's re-embedding), charged nothing.
     """
     items, positions, failures = batch.items, batch.positions, batch.failures
     contents = item_contents(items, positions)
@@ -264,7 +266,7 @@ async def index_items(
     if embed_failures:
         vectors = vectors[[row for row in range(len(plan.to_embed)) if row not in embed_failures]]
     points = build_points(ns, items, plan, written, vectors, run_id)
-    billable = len(points) + len(plan.already_written)
+    billable = 0 if free else len(points) + len(plan.already_written)
     failures.sort(key=lambda f: int(f["index"]))
     progress = None
     if chunk is not None:

@@ -273,7 +273,7 @@ async def _search(ctx: RunContext) -> Output:
 def _query(
     state: AppState, model: ModelSpec, ns: Namespace, vector: Vector, flt: Filter, limit: int
 ) -> list[ScoredPoint]:
-    if not state.collections.exists(model):
+    if not state.collections.exists(ns):
         return []
     return state.store.search(ns.collection, vector, filter=flt, limit=limit)
 
@@ -291,9 +291,11 @@ async def _delete(ctx: RunContext) -> Output:
         flt = flt.and_(*parse_metadata_filter(data.filter, field="input.filter").must)
 
     def _run() -> int:
-        if not state.collections.exists(ctx.model):
+        if not state.collections.exists(ns):
             return 0
-        return delete_and_recount(state.store, state.db, ns=ns, flt=flt)
+        return delete_and_recount(
+            state.store, state.db, ns=ns, flt=flt, collections=state.collections
+        )
 
     deleted = await anyio.to_thread.run_sync(_run)
     cost = await _charge(ctx, Usage(items=deleted))

@@ -129,6 +129,9 @@ class VectorStore(Protocol):
 
     def list_collections(self) -> list[str]: ...
 
+    def delete_collection(self, name: str) -> None:
+        """Drop a collection and its points (a no-op if absent); never one an alias names."""
+
     def set_alias(self, alias: str, collection: str) -> None:
         """Point `alias` at `collection` (create or switch atomically)."""
 

@@ -205,6 +205,12 @@ class RemoteVectorStore:
     def list_collections(self) -> list[str]:
         return sorted(c.name for c in self._client.get_collections().collections)
 
+    def delete_collection(self, name: str) -> None:
+        if any(a.collection_name == name for a in self._client.get_aliases().aliases):
+            raise VectorStoreError(f"{name!r} is the target of an alias")
+        if self.collection_exists(name):
+            self._client.delete_collection(name)
+
     def set_alias(self, alias: str, collection: str) -> None:
         if collection not in self.list_collections():
             raise CollectionNotFound(collection)

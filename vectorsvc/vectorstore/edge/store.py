@@ -305,6 +305,23 @@ class EdgeVectorStore:
             self._check_open()
             return sorted(self._specs)
 
+    def delete_collection(self, name: str) -> None:
+        name = check_name(name)
+        with self._lock:
+            self._check_open()
+            if name not in self._specs:
+                return
+            if name in self._aliases.values():
+                raise VectorStoreError(f"{name!r} is the target of an alias")
+            with self._write_locks.setdefault(name, threading.Lock()):
+                shard = self._shards.pop(name, None)
+                if shard is not None:
+                    shard.close()
+                del self._specs[name]
+                coll_dir = self._collection_dir(name)
+                (coll_dir / SPEC_FILE).unlink(missing_ok=True)  # no spec: no collection
+                shutil.rmtree(coll_dir, ignore_errors=True)
+
     def set_alias(self, alias: str, collection: str) -> None:
         check_name(alias, "alias")
         with self._lock:

@@ -219,12 +219,29 @@ function groupKnowledgeBases(entries) {
   return models;
 }
 
+// The model's live release, and the new one filling in the background (searches stay on
+// the live one until it holds everything).
+function releaseNote(kb) {
+  if (!kb || kb.release === null || kb.release === undefined) return null;
+  const parts = [` · release ${kb.release}`];
+  const migration = kb.migration;
+  if (migration) {
+    const share = migration.total > 0 ? Math.floor((100 * migration.done) / migration.total) : 100;
+    parts.push(
+      ` · release ${migration.to_release} filling: ${numberFormat.format(migration.done)} of ` +
+        `${numberFormat.format(migration.total)} (${share}%)`,
+    );
+  }
+  return el("span", { text: parts.join(""), className: "release", attrs: { "data-release": kb.release } });
+}
+
 function kbTable(collection, scopes) {
   const total = scopes.reduce((sum, kb) => sum + kb.point_count, 0);
   const caption = el("caption", {}, [
     el("span", { text: "Collection " }),
     el("code", { text: collection }),
     el("span", { text: ` · ${plural(scopes.length, "scope")} · ${plural(total, "item")}` }),
+    releaseNote(scopes[0]),
   ]);
   const head = el("thead", {}, [
     el(
