@@ -126,7 +126,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             cache[spec.slug] = real(spec)
         return cache[spec.slug]
 
-
     async def load(app: Any, client: httpx.AsyncClient, key: str) -> None:
         for i in range(0, len(texts), 1000):
             items = [{"id": f"s{j}", "text": texts[j]} for j in range(i, min(len(texts), i + 1000))]
