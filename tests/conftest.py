@@ -15,6 +15,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from embedders.base import Embedder  # noqa: E402
 from tests.harness import SCIFACT_DIR, Service, make_settings, running_service  # noqa: E402
+from tests.pgcluster import (  # noqa: E402, F401  (fixtures: the session's PostgreSQL)
+    postgres_cluster,
+    postgres_database_url,
+    postgres_url,
+)
 from vectorsvc.config import Settings  # noqa: E402
 from vectorsvc.embedding import default_loader  # noqa: E402
 from vectorsvc.model_registry.registry import ModelSpec  # noqa: E402
