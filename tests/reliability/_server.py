@@ -15,6 +15,7 @@ from typing import IO
 import httpx
 
 from vectorsvc.auth.keys import create_api_key
+from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.workspaces.service import create_workspace
 
@@ -45,7 +46,8 @@ def item_ids(client: httpx.Client, model: str, scope: str) -> list[str]:
 def create_keys(data_dir: Path, *workspaces: str) -> dict[str, str]:
     """Create each workspace with one API key in `data_dir`'s database; name -> key."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(f"sqlite:///{(data_dir / 'vectorsvc.db').resolve()}")
+    # The database the service on `data_dir` opens (VECTORSVC_DATABASE_URL when set).
+    db = Database(Settings(data_dir=data_dir).resolved_database_url)
     try:
         db.migrate()
         keys: dict[str, str] = {}
