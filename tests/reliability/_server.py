@@ -43,11 +43,13 @@ def item_ids(client: httpx.Client, model: str, scope: str) -> list[str]:
             return ids
 
 
-def create_keys(data_dir: Path, *workspaces: str) -> dict[str, str]:
-    """Create each workspace with one API key in `data_dir`'s database; name -> key."""
+def create_keys(
+    data_dir: Path, *workspaces: str, database_url: str | None = None
+) -> dict[str, str]:
+    """Create each workspace with one API key in the database the service on `data_dir`
+    opens (`database_url`, else VECTORSVC_DATABASE_URL, else its SQLite file); name -> key."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    # The database the service on `data_dir` opens (VECTORSVC_DATABASE_URL when set).
-    db = Database(Settings(data_dir=data_dir).resolved_database_url)
+    db = Database(database_url or Settings(data_dir=data_dir).resolved_database_url)
     try:
         db.migrate()
         keys: dict[str, str] = {}
