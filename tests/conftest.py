@@ -37,6 +37,17 @@ def anyio_backend() -> str:
 TEST_DATABASE_ENV = "VECTORSVC_TEST_DATABASE"
 BACKENDS = ("sqlite", "postgresql")
 BOTH_DATABASES_MARK = "both_databases"
+# The database layer's own tests, by path under tests/ (a test elsewhere can carry the mark).
+BOTH_DATABASES_PATHS = (
+    "db/",
+    "billing/",
+    "accounts/",
+    "auth/",
+    "media/test_collect.py",
+    "runs/test_background.py",
+    "runs/test_write_intents.py",
+)
+TESTS_DIR = Path(__file__).parent
 
 
 def _chosen_backends() -> tuple[str, ...]:
@@ -50,7 +61,10 @@ def _chosen_backends() -> tuple[str, ...]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     backends = _chosen_backends()
-    if metafunc.definition.get_closest_marker(BOTH_DATABASES_MARK) is not None:
+    where = metafunc.definition.path.relative_to(TESTS_DIR).as_posix()
+    if metafunc.definition.get_closest_marker(BOTH_DATABASES_MARK) is not None or any(
+        where.startswith(prefix) for prefix in BOTH_DATABASES_PATHS
+    ):
         backends = BACKENDS
     if len(backends) > 1 and "database_backend" in metafunc.fixturenames:
         metafunc.parametrize("database_backend", backends)

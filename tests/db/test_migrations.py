@@ -16,8 +16,6 @@ from sqlalchemy import insert, inspect, select, text
 from vectorsvc.db.database import MIGRATIONS_DIR, Database
 from vectorsvc.db.tables import Base
 
-pytestmark = pytest.mark.both_databases
-
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
