@@ -38,6 +38,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _postgres_session(dbapi_connection: Any, _record: Any) -> None:
+    # Times come back in UTC whatever zone the server or database is set to, so no
+    # server's offset reaches the API; every time is written in UTC.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET TIME ZONE 'UTC'")
+    cursor.close()
+    dbapi_connection.commit()
+
+
 class Database:
     def __init__(self, url: str) -> None:
         url = engine_url(url)
@@ -50,6 +59,8 @@ class Database:
         self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif self.engine.dialect.name == "postgresql":
+            event.listen(self.engine, "connect", _postgres_session)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _alembic(self, connection: Connection) -> Config:
