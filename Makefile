@@ -31,6 +31,7 @@ typecheck: install
 
 pytest: install
 	sh scripts/install-browser.sh  # Debian Chromium for the browser tests (no-op once there)
+	sh scripts/install-postgres.sh  # PostgreSQL 15 for the database tests (no-op once there)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

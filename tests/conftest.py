@@ -16,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from embedders.base import Embedder  # noqa: E402
 from tests.harness import SCIFACT_DIR, Service, make_settings, running_service  # noqa: E402
 from tests.pgcluster import (  # noqa: E402, F401  (fixtures: the session's PostgreSQL)
+    PostgresCluster,
     postgres_cluster,
     postgres_database_url,
     postgres_url,
@@ -28,6 +29,81 @@ from vectorsvc.model_registry.registry import ModelSpec  # noqa: E402
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# Which metadata database the tests run on (see docs/architecture.md, "Tests"): `sqlite` (the
+# default), `postgresql` (the whole suite on the session's throwaway PostgreSQL) or `both`.
+# The database layer's own tests run on both whatever it says.
+TEST_DATABASE_ENV = "VECTORSVC_TEST_DATABASE"
+BACKENDS = ("sqlite", "postgresql")
+BOTH_DATABASES_MARK = "both_databases"
+# The database layer's own tests, by path under tests/ (a test elsewhere can carry the mark).
+BOTH_DATABASES_PATHS = (
+    "db/test_migrations.py",
+    "billing/",
+    "accounts/",
+    "auth/",
+    "media/test_collect.py",
+    "runs/test_background.py",
+    "runs/test_write_intents.py",
+)
+TESTS_DIR = Path(__file__).parent
+
+
+def _chosen_backends() -> tuple[str, ...]:
+    choice = os.environ.get(TEST_DATABASE_ENV, "sqlite")
+    if choice == "both":
+        return BACKENDS
+    if choice not in BACKENDS:
+        raise pytest.UsageError(f"{TEST_DATABASE_ENV}={choice!r}: use sqlite, postgresql or both")
+    return (choice,)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = _chosen_backends()
+    where = metafunc.definition.path.relative_to(TESTS_DIR).as_posix()
+    if metafunc.definition.get_closest_marker(BOTH_DATABASES_MARK) is not None or any(
+        where.startswith(prefix) for prefix in BOTH_DATABASES_PATHS
+    ):
+        backends = BACKENDS
+    if len(backends) > 1 and "database_backend" in metafunc.fixturenames:
+        metafunc.parametrize("database_backend", backends)
+
+
+@pytest.fixture
+def database_backend() -> str:
+    """`sqlite` or `postgresql`; a parameter instead where the test runs on both."""
+    return _chosen_backends()[0]
+
+
+@pytest.fixture(autouse=True)
+def database_url(
+    database_backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
+    """The test's own metadata database. On PostgreSQL a new empty one, named in
+    VECTORSVC_DATABASE_URL so every Settings the test builds (subprocesses included) uses it;
+    on SQLite the variable is unset and each data dir keeps its own file."""
+    if database_backend == "postgresql":
+        url: str = request.getfixturevalue("postgres_database_url")
+        monkeypatch.setenv("VECTORSVC_DATABASE_URL", url)
+        return url
+    monkeypatch.delenv("VECTORSVC_DATABASE_URL", raising=False)
+    return f"sqlite:///{tmp_path / 'metadata.db'}"
+
+
+@pytest.fixture(scope="module")
+def module_database_url(request: pytest.FixtureRequest) -> str | None:
+    """For module-scoped services: a PostgreSQL database of the module's own when the suite
+    runs on PostgreSQL, else None (the data dir's SQLite file)."""
+    if _chosen_backends()[0] != "postgresql":
+        return None
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    name = cluster.create_database()
+    request.addfinalizer(lambda: cluster.drop_database(name))
+    return cluster.url(name)
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,17 @@ class Service:
     async def run(self, key: str, body: dict[str, Any]) -> httpx.Response:
         return await self.client.post("/api/runs", json=body, headers={"X-API-Key": key})
 
+    def stored_bytes(self) -> bytes:
+        """Every byte the metadata database holds: SQLite's files, or a PostgreSQL dump."""
+        url = self.settings.resolved_database_url
+        if not url.startswith("sqlite:///"):
+            from tests.pgcluster import dump_database
+
+            return dump_database(url)
+        path = Path(url.removeprefix("sqlite:///"))
+        wal = path.with_name(path.name + "-wal")
+        return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
 
 @asynccontextmanager
 async def running_service(

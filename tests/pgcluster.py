@@ -153,6 +153,21 @@ class PostgresCluster:
         self.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def dump_database(url: str) -> bytes:
+    """Everything stored in the PostgreSQL database at `url`, as `pg_dump` writes it."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    done = subprocess.run(
+        [str(bin_dir() / "pg_dump"), "-h", str(parsed.host), "-p", str(parsed.port),
+         "-U", str(parsed.username), "-d", str(parsed.database)],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
     reason = missing_reason()

@@ -37,6 +37,20 @@ def test_workspace_and_key_lifecycle(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["keys", "create", "--workspace", "ghost", "--data-dir", data]) == 2
 
 
+def test_a_key_label_longer_than_stored_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # PostgreSQL refuses text longer than its column where SQLite keeps it: refused first.
+    data = str(tmp_path / "data")
+    assert main(["workspace", "create", "acme", "--data-dir", data]) == 0
+    args = ["keys", "create", "--workspace", "acme", "--data-dir", data]
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--label", "x" * 101])
+    assert refused.value.code == 2
+    assert "--label: at most 100 characters, got 101" in capsys.readouterr().err
+    assert main([*args, "--label", "x" * 100]) == 0
+
+
 def test_dev_workspace_is_created_once(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     db = Database(settings.resolved_database_url)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -17,7 +18,7 @@ from vectorsvc.billing.money import format_credits, parse_credits
 from vectorsvc.client.commands import add_client_commands
 from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
-from vectorsvc.db.tables import Workspace
+from vectorsvc.db.tables import ApiKey, LedgerEntry, Workspace
 from vectorsvc.embedding import EmbedderSettings
 from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.model_registry.registry import ModelRegistry, RegistryError
@@ -26,6 +27,19 @@ from vectorsvc.vectorstore.base import VectorStore
 from vectorsvc.workspaces.service import DEV_WORKSPACE, create_workspace, get_workspace_by_name
 
 logger = logging.getLogger(__name__)
+
+
+def _at_most(column: Any) -> Callable[[str], str]:
+    """An argparse type for free text kept in `column`: PostgreSQL refuses text longer than
+    the column (SQLite would keep it), so it is refused here, naming the limit."""
+    limit: int = column.type.length
+
+    def check(value: str) -> str:
+        if len(value) > limit:
+            raise argparse.ArgumentTypeError(f"at most {limit} characters, got {len(value)}")
+        return value
+
+    return check
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -275,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="action", required=True)
     k_create = keys_sub.add_parser("create", parents=[common], help="create an API key")
     k_create.add_argument("--workspace", required=True)
-    k_create.add_argument("--label", default="")
+    k_create.add_argument("--label", default="", type=_at_most(ApiKey.__table__.c.label))
     k_create.set_defaults(func=cmd_keys_create)
     k_revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke an API key")
     k_revoke.add_argument("key_id")
@@ -288,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w_topup.add_argument("--workspace", required=True)
     w_topup.add_argument("--credits", required=True, help="e.g. 100 or 12.5")
-    w_topup.add_argument("--note", default="", help="recorded in the ledger")
+    w_topup.add_argument(
+        "--note",
+        default="",
+        type=_at_most(LedgerEntry.__table__.c.note),
+        help="recorded in the ledger",
+    )
     w_topup.set_defaults(func=cmd_wallet_topup)
 
     store = sub.add_parser("store", help="maintain the embedded vector store (Qdrant Edge)")

@@ -46,6 +46,23 @@ def test_topup_refuses_a_bad_amount(
     assert "credits" in capsys.readouterr().err
 
 
+def test_a_note_longer_than_the_ledger_keeps_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # PostgreSQL refuses text longer than its column where SQLite keeps it: refused first,
+    # on both, naming the limit; the exact limit still goes through.
+    data = str(tmp_path / "data")
+    assert main(["workspace", "create", "acme", "--data-dir", data]) == 0
+    args = ["wallet", "topup", "--workspace", "acme", "--credits", "1", "--data-dir", data]
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--note", "n" * 201])
+    assert refused.value.code == 2
+    assert "--note: at most 200 characters, got 201" in capsys.readouterr().err
+    assert balance(Settings(data_dir=Path(data)), "acme") == 0
+    assert main([*args, "--note", "n" * 200]) == 0
+    assert balance(Settings(data_dir=Path(data)), "acme") == 1_000_000
+
+
 def test_topup_of_an_unknown_workspace_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

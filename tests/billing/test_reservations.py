@@ -189,12 +189,12 @@ async def test_a_background_reservation_is_drawn_chunk_by_chunk_and_resumed(
     assert audit(any_db, funded)[:3] == (10 * PRICE, 0, 0)
 
 
-def test_migration_0013_goes_down_and_up_again(any_db: Database, funded: str) -> None:
+def test_migration_0010_goes_down_and_up_again(any_db: Database, funded: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    for target in ("0008", "head"):
+    for target in ("0009", "head"):
         with any_db.engine.begin() as connection:
             config.attributes["connection"] = connection
-            (command.downgrade if target == "0008" else command.upgrade)(config, target)
+            (command.downgrade if target == "0009" else command.upgrade)(config, target)
     # The wallet kept its balance through both; nothing is reserved after the way back up.
     assert audit(any_db, funded)[:3] == (10 * PRICE, 0, 0)

@@ -46,8 +46,11 @@ def live(
     tmp_path_factory: pytest.TempPathFactory,
     models_dir: Path,
     embedder_loader: Callable[[ModelSpec], Embedder],
+    module_database_url: str | None,
 ) -> Iterator[LiveService]:
-    settings = make_settings(tmp_path_factory.mktemp("client-data"), models_dir)
+    settings = make_settings(
+        tmp_path_factory.mktemp("client-data"), models_dir, database_url=module_database_url
+    )
     with uvicorn_in_thread(settings, embedder_loader) as base_url:
         db = Database(settings.resolved_database_url)
         try:

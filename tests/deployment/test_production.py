@@ -26,7 +26,12 @@ VECTORSVC = str(Path(sys.executable).parent / "vectorsvc")
 
 
 def production_env(data_dir: Path) -> dict[str, str]:
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("VECTORSVC_")}
+    # The test's own database (VECTORSVC_DATABASE_URL, set on PostgreSQL runs) is kept.
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("VECTORSVC_") or k == "VECTORSVC_DATABASE_URL"
+    }
     return {
         **inherited,
         "VECTORSVC_ENV": "production",

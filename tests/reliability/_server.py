@@ -15,6 +15,7 @@ from typing import IO
 import httpx
 
 from vectorsvc.auth.keys import create_api_key
+from vectorsvc.config import Settings
 from vectorsvc.db.database import Database
 from vectorsvc.workspaces.service import create_workspace
 
@@ -42,10 +43,13 @@ def item_ids(client: httpx.Client, model: str, scope: str) -> list[str]:
             return ids
 
 
-def create_keys(data_dir: Path, *workspaces: str) -> dict[str, str]:
-    """Create each workspace with one API key in `data_dir`'s database; name -> key."""
+def create_keys(
+    data_dir: Path, *workspaces: str, database_url: str | None = None
+) -> dict[str, str]:
+    """Create each workspace with one API key in the database the service on `data_dir`
+    opens (`database_url`, else VECTORSVC_DATABASE_URL, else its SQLite file); name -> key."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(f"sqlite:///{(data_dir / 'vectorsvc.db').resolve()}")
+    db = Database(database_url or Settings(data_dir=data_dir).resolved_database_url)
     try:
         db.migrate()
         keys: dict[str, str] = {}

@@ -53,10 +53,12 @@ def fuzz_target(
     tmp_path_factory: pytest.TempPathFactory,
     models_dir: Path,
     embedder_loader: Callable[[ModelSpec], Embedder],
+    module_database_url: str | None,
 ) -> Iterator[FuzzTarget]:
     settings = make_settings(
         tmp_path_factory.mktemp("fuzz") / "data",
         models_dir,
+        database_url=module_database_url,
         # Thousands of requests from one key: the rate limit is tested in test_limits.
         rate_limit_per_minute=10_000_000,
         rate_limit_burst=1_000_000,

@@ -114,12 +114,15 @@ class Measured:
 
 
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Measured]:
+def measured(
+    tmp_path_factory: pytest.TempPathFactory, module_database_url: str | None
+) -> Iterator[Measured]:
     root = tmp_path_factory.mktemp("image-memory")
-    key = create_keys(root / "data", "acme")["acme"]
-    server = ServerProcess(
-        root / "data", root / "service.log", env={"VECTORSVC_PRELOAD_MODELS": MODEL}
-    )
+    env = {"VECTORSVC_PRELOAD_MODELS": MODEL}
+    if module_database_url:
+        env["VECTORSVC_DATABASE_URL"] = module_database_url
+    key = create_keys(root / "data", "acme", database_url=module_database_url)["acme"]
+    server = ServerProcess(root / "data", root / "service.log", env=env)
     server.start(timeout=300)
     try:
         with httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=600) as c:

@@ -63,10 +63,12 @@ def target(
     tmp_path_factory: pytest.TempPathFactory,
     models_dir: Path,
     embedder_loader: Callable[[ModelSpec], Embedder],
+    module_database_url: str | None,
 ) -> Iterator[Target]:
     settings = make_settings(
         tmp_path_factory.mktemp("malformed") / "data",
         models_dir,
+        database_url=module_database_url,
         rate_limit_per_minute=10_000_000,
         rate_limit_burst=1_000_000,
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import subprocess
 import time
@@ -26,6 +25,7 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
+from tests.pgcluster import dump_database
 from tests.reliability._server import VECTORSVC, ServerProcess
 from vectorsvc.accounts.service import create_user
 from vectorsvc.auth.keys import create_api_key
@@ -52,6 +52,7 @@ def sha256(text: str) -> str:
 @dataclass
 class Session:
     data_dir: Path
+    database_url: str
     log: str
     keys: dict[str, tuple[str, str]]  # name -> (key id, plaintext)
     secrets: dict[str, str] = field(default_factory=dict)  # what it is -> the secret
@@ -63,9 +64,9 @@ def key_secret(plaintext: str) -> str:
     return plaintext.split("_", 2)[2]  # vsk_<id>_<secret>
 
 
-def prepare(data_dir: Path) -> dict[str, tuple[str, str]]:
+def prepare(data_dir: Path, database_url: str) -> dict[str, tuple[str, str]]:
     data_dir.mkdir(parents=True)
-    db = Database(f"sqlite:///{(data_dir / 'vectorsvc.db').resolve()}")
+    db = Database(database_url)
     try:
         db.migrate()
         with db.session() as session:
@@ -186,7 +187,7 @@ def exercise(server: ServerProcess, session: Session) -> None:
         # Revoke one key with the CLI, while the service runs.
         subprocess.run(
             [VECTORSVC, "keys", "revoke", session.keys["doomed"][0]],
-            env={**os.environ, "VECTORSVC_DATA_DIR": str(session.data_dir)},
+            env={**server.env},
             check=True,
             capture_output=True,
         )
@@ -197,14 +198,21 @@ def exercise(server: ServerProcess, session: Session) -> None:
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+def session(
+    tmp_path_factory: pytest.TempPathFactory, module_database_url: str | None
+) -> Iterator[Session]:
     root = tmp_path_factory.mktemp("secrets")
     data_dir = root / "data"
-    keys = prepare(data_dir)
+    database_url = module_database_url or f"sqlite:///{(data_dir / 'vectorsvc.db').resolve()}"
+    keys = prepare(data_dir, database_url)
     # A verified key is remembered for VECTORSVC_API_KEY_CACHE_S; short here, and waited for.
-    env = {"VECTORSVC_LOG_LEVEL": "debug", "VECTORSVC_API_KEY_CACHE_S": str(KEY_CACHE_S)}
+    env = {
+        "VECTORSVC_LOG_LEVEL": "debug",
+        "VECTORSVC_API_KEY_CACHE_S": str(KEY_CACHE_S),
+        "VECTORSVC_DATABASE_URL": database_url,
+    }
     server = ServerProcess(data_dir, root / "service.log", env=env)
-    record = Session(data_dir=data_dir, log="", keys=keys)
+    record = Session(data_dir=data_dir, database_url=database_url, log="", keys=keys)
     server.start()
     try:
         exercise(server, record)
@@ -249,7 +257,7 @@ def test_revoked_key_stops_working_and_only_that_key(session: Session) -> None:
     assert session.statuses["doomed_after"] == 401
     assert session.codes["doomed_after"] == "invalid_api_key"
     assert session.statuses["main_after"] == session.statuses["other_after"] == 200
-    db = Database(f"sqlite:///{session.data_dir / 'vectorsvc.db'}")
+    db = Database(session.database_url)
     try:
         with db.session() as s:
             revoked = {row.id: row.revoked_at is not None for row in s.scalars(select(ApiKey))}
@@ -264,7 +272,7 @@ def test_revoked_key_stops_working_and_only_that_key(session: Session) -> None:
 
 def test_keys_tokens_and_passwords_are_stored_hashed(session: Session) -> None:
     found = session.secrets
-    db = Database(f"sqlite:///{session.data_dir / 'vectorsvc.db'}")
+    db = Database(session.database_url)
     try:
         with db.session() as s:
             key_hashes = {row.id: row.secret_hash for row in s.scalars(select(ApiKey))}
@@ -287,10 +295,13 @@ def test_keys_tokens_and_passwords_are_stored_hashed(session: Session) -> None:
     assert token_hash == sha256(found["upload_token"])
 
     # No secret in clear anywhere in the data dir: database, its journal, vectors, media.
-    files = [p for p in session.data_dir.rglob("*") if p.is_file()]
-    assert any(p.name == "vectorsvc.db" for p in files)
-    for path in files:
-        data = path.read_bytes()
+    stored = {str(p): p.read_bytes() for p in session.data_dir.rglob("*") if p.is_file()}
+    if session.database_url.startswith("sqlite"):
+        assert any(path.endswith("/vectorsvc.db") for path in stored)
+    else:
+        stored["pg_dump"] = dump_database(session.database_url)
+        assert password_hash.encode() in stored["pg_dump"]
+    for path, data in stored.items():
         for name, secret in found.items():
             assert secret.encode() not in data, f"{name} in clear in {path}"
 

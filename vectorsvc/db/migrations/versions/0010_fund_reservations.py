@@ -14,15 +14,15 @@ any process can read them.
 
 Rate limits and sign-in lockouts: one row per key, so that replicas share each budget.
 
-Revision ID: 0013
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
