@@ -85,6 +85,9 @@ def _as_list(vector: Vector) -> list[float]:
 
 
 def _vector(raw: object) -> Vector | None:
+    """A retrieved point's dense vector (a list, or a dict keyed by vector name)."""
+    if isinstance(raw, dict):
+        raw = next(iter(raw.values()), None)
     return np.asarray(raw, dtype=np.float32) if isinstance(raw, list) else None
 
 
