@@ -234,3 +234,72 @@ async def test_a_million_characters_without_a_space_index_in_bounded_chunks(
         },
     )
     assert r.status_code == 422 and r.json()["error"]["code"] == "text_too_long"
+
+
+async def test_points_written_before_chunking_stay_readable_and_searchable(
+    service: Service, api_key: str
+) -> None:
+    """A collection as the service wrote it before chunking: no chunk index, no chunk
+    fields on its points. It is searched, listed, read, re-indexed and deleted as one-chunk
+    items."""
+    from datetime import UTC, datetime
+
+    from vectorsvc.points import catalog
+    from vectorsvc.points.payload import content_hash, point_payload
+    from vectorsvc.vectorstore.base import CollectionSpec, PointRecord
+
+    state = service.app.state.vectorsvc
+    model = state.registry.get(MODEL)
+    ns = namespace(service, "old")
+    old_spec = CollectionSpec(
+        name=ns.collection,
+        dimension=model.dimension,
+        tenant_key=namespaces.TENANT_FIELD,
+        keyword_fields=(namespaces.WORKSPACE_FIELD, namespaces.SCOPE_FIELD, namespaces.ID_FIELD),
+    )
+    state.store.ensure_collection(old_spec)
+    state.store.set_alias(ns.alias, ns.collection)
+    vectors = await state.embeddings.embed(model, "document", TOPICS[:2])
+    state.store.upsert(
+        ns.collection,
+        [
+            PointRecord(
+                id=ns.point_id(f"old-{i}"),
+                vector=vectors[i],
+                payload=point_payload(
+                    ns,
+                    item_id=f"old-{i}",
+                    text=TOPICS[i],
+                    media_ref=None,
+                    metadata={"era": "before"},
+                    content_hash=content_hash(model, f"text:{TOPICS[i]}", {"era": "before"}),
+                    run_id="run_old",
+                    indexed_at=datetime.now(UTC).isoformat(),
+                ),
+            )
+            for i in range(2)
+        ],
+    )
+    catalog.record_write(
+        state.db, ns=ns, modality="text", point_count=2, written=2, written_payload_bytes=500
+    )
+
+    hits = await search(service, api_key, "old", "compile time memory safety", top_k=1)
+    assert hits[0]["id"] == "old-1"
+    assert hits[0]["highlight"] == {"text": TOPICS[1], "start": 0, "end": len(TOPICS[1])}
+    listing = await get(service, api_key, f"/api/knowledge-bases/{MODEL}/old/items")
+    assert sorted((i["id"], i["chunks"]) for i in listing["data"]) == [("old-0", 1), ("old-1", 1)]
+    detail = await get(service, api_key, f"/api/knowledge-bases/{MODEL}/old/items/old-0")
+    assert detail["text"] == TOPICS[0]
+    # Unchanged: skipped as before. Then one grows into a long text, and is deleted.
+    same = await index(
+        service, api_key, "old", [{"id": "old-0", "text": TOPICS[0], "metadata": {"era": "before"}}]
+    )
+    assert same["usage"]["skipped"] == 1
+    grown = await index(service, api_key, "old", [{"id": "old-0", "text": LONG}])
+    assert stored_points(service, "old") == 1 + grown["usage"]["chunks"]
+    kbs = await get(service, api_key, "/api/knowledge-bases")
+    assert kbs["data"][0]["point_count"] == 2
+    out = await run(service, api_key, "delete", "old", input={"ids": ["old-0"]})
+    assert out["output"]["deleted"] == 1
+    assert stored_points(service, "old") == 1

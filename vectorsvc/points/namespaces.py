@@ -120,4 +120,5 @@ def collection_spec(model: ModelSpec) -> CollectionSpec:
         dimension=model.dimension,
         tenant_key=TENANT_FIELD,
         keyword_fields=(WORKSPACE_FIELD, SCOPE_FIELD, ID_FIELD),
+        float_fields=(CHUNK_FIELD,),  # items are chunk 0 of each (`points.chunks.heads`)
     )
