@@ -55,6 +55,8 @@ class Settings(BaseSettings):
 
     # Limits
     max_items_per_run: int = Field(default=1000, ge=1)
+    # Text chunks a synchronous index run may embed (long texts are several each).
+    max_chunks_per_run: int = Field(default=4096, ge=1)
     max_items_per_background_run: int = Field(default=100_000, ge=1)
     background_chunk_size: int = Field(default=64, ge=1, le=4096)
     # Background items a workspace may have queued and not yet processed (more: 429).

@@ -303,3 +303,28 @@ async def test_points_written_before_chunking_stay_readable_and_searchable(
     out = await run(service, api_key, "delete", "old", input={"ids": ["old-0"]})
     assert out["output"]["deleted"] == 1
     assert stored_points(service, "old") == 1
+
+
+async def test_a_synchronous_run_of_too_many_chunks_is_refused_and_stores_nothing(
+    tmp_path: Any, models_dir: Any, embedder_loader: Any
+) -> None:
+    from tests.harness import make_settings, running_service
+
+    settings = make_settings(tmp_path / "data", models_dir, max_chunks_per_run=2)
+    async with running_service(settings, embedder_loader) as svc:
+        key = svc.new_key("acme")
+        body = {
+            "model": MODEL,
+            "mode": "index",
+            "scope": "docs",
+            "input": {"items": [{"id": "a", "text": LONG}, {"id": "b", "text": TOPICS[0]}]},
+        }
+        r = await svc.run(key, body)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "too_many_chunks" and error["field"] == "input.items"
+        assert "background" in error["message"]
+        assert stored_points(svc, "docs") == 0
+        # Fewer chunks pass; a background run has no such cap.
+        body["input"] = {"items": [{"id": "b", "text": TOPICS[0]}]}
+        assert (await svc.run(key, body)).status_code == 200

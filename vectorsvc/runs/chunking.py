@@ -22,6 +22,7 @@ from functools import partial
 import anyio
 import numpy as np
 
+from vectorsvc.errors import ValidationFailed
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.points.chunks import Chunk, chunk_hash, chunks_of, read_chunk
 from vectorsvc.points.namespaces import Namespace
@@ -63,9 +64,11 @@ async def plan_chunks(
     prepared: Prepared,
     indexes: Sequence[int],
     stored_counts: dict[int, int],
+    max_chunks: int | None = None,
 ) -> ChunkPlan:
     """Chunks of `items[indexes]` (their contents in `prepared`), reusing stored vectors.
-    `stored_counts`: the chunk count of each item stored before (absent: none stored)."""
+    `stored_counts`: the chunk count of each item stored before (absent: none stored).
+    `max_chunks` (a synchronous run): more chunks to embed is `422 too_many_chunks`."""
     text_at = [i for i in indexes if items[i].text is not None]
     spans = await state.embeddings.split(model, [items[i].text or "" for i in text_at])
     spans_of = dict(zip(text_at, spans, strict=True))
@@ -93,6 +96,16 @@ async def plan_chunks(
                     if text is None
                     else TextContent(text, _field(prepared, item_chunks.item))
                 )
+    if max_chunks is not None and len(embed_at) > max_chunks:
+        raise ValidationFailed(
+            f"input.items: these texts are {len(embed_at)} chunks to embed (a long text is "
+            f"split into chunks the model reads whole); at most {max_chunks} per run "
+            "(VECTORSVC_MAX_CHUNKS_PER_RUN): split the items over several runs or ask for a "
+            "background run (options.background)",
+            field="input.items",
+            code="too_many_chunks",
+            details={"limit": max_chunks, "chunks": len(embed_at)},
+        )
     return ChunkPlan(planned, embed_at, Prepared(contents=contents, media=prepared.media))
 
 

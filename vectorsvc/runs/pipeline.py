@@ -267,6 +267,7 @@ async def index_items(
         prepared=prepared,
         indexes=plan.to_embed,
         stored_counts=plan.stored_chunks,
+        max_chunks=state.settings.max_chunks_per_run if strict else None,
     )
     vectors, embed_failures = await embed_prepared(
         state,
