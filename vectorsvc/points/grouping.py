@@ -19,9 +19,10 @@ from vectorsvc.points.chunks import read_chunk
 from vectorsvc.points.payload import hit_public
 from vectorsvc.vectorstore.base import ScoredPoint
 
-# Candidates fetched per item asked for, at first and at most (each retry asks 4 times more).
+# Candidates fetched per item asked for at first (each retry asks 4 times more), and at most
+# (each carries its payload: a bound on what one search reads, whoever dominates the scope).
 OVERFETCH = 4
-MAX_CANDIDATES = 4096
+MAX_CANDIDATES = 1024
 
 
 def item_key(point: ScoredPoint) -> object:
