@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import time
 from pathlib import Path
 
@@ -47,6 +48,13 @@ def main() -> None:
     )
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--subset",
+        type=int,
+        metavar="N",
+        help="a quicker run: only the test queries' relevant documents and N others (random, "
+        "seed 7); the figures are then not comparable with the full corpus's",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "eval_scifact.json")
     args = parser.parse_args()
 
@@ -54,6 +62,12 @@ def main() -> None:
     queries = load_beir_queries(args.dataset)
     qrels = load_qrels(args.dataset, "test")
     test_queries = {qid: queries[qid] for qid in qrels}
+    if args.subset is not None:
+        relevant = {doc for rels in qrels.values() for doc in rels}
+        others = [d for d in corpus if d["id"] not in relevant]
+        corpus = [d for d in corpus if d["id"] in relevant] + random.Random(7).sample(
+            others, min(args.subset, len(others))
+        )
 
     from embedders.factory import create_embedder
     from vectorsvc.embedding import configure_model_threads
