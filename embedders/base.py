@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from embedders.chunking import split_windows
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
@@ -71,6 +73,14 @@ class Embedder(ABC):
 
     def embed_images(self, images: Sequence[Image]) -> Embeddings:
         raise ModalityNotSupported(self.name, Modality.IMAGE)
+
+    def text_windows(
+        self, text: str, *, window: int | None, overlap: int, max_chars: int
+    ) -> list[tuple[int, int]]:
+        """Character spans of the windows `text` is embedded in (`embedders.chunking`):
+        `window` tokens at most (None: as many as the model reads), `overlap` tokens shared
+        with the previous window. Default: the whole text, cut only at `max_chars`."""
+        return split_windows(text, [(0, len(text))], window=1, overlap=0, max_chars=max_chars)
 
     @abstractmethod
     def describe(self) -> dict[str, object]:

@@ -33,6 +33,7 @@ import importlib.util
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,7 @@ from embedders.base import (
     WeightsUnavailable,
     l2_normalise,
 )
+from embedders.chunking import split_windows
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -130,6 +132,10 @@ class SentenceTransformerTextEmbedder(Embedder):
             self._model, "encode_document", self._model.encode
         )
         self._onnx: _OnnxEncoder | None = None
+        # A private copy of the fast tokenizer for splitting (no truncation, no padding): the
+        # shared one's settings must not change under concurrent encodes.
+        self._splitter: Any = None
+        self._splitter_lock = threading.Lock()
         self.linear_kernels: str
         self.batching = "padded"  # "packed": see _use_packed
         if self.config.backend == "onnx":
@@ -176,6 +182,28 @@ class SentenceTransformerTextEmbedder(Embedder):
     def embed_texts(self, texts: Sequence[str]) -> Embeddings:
         return self._encode(self._encode_document, texts)
 
+    def text_windows(
+        self, text: str, *, window: int | None, overlap: int, max_chars: int
+    ) -> list[tuple[int, int]]:
+        """Windows of the model's own word pieces; at most what the model reads (its
+        `max_seq_length` less the special tokens it adds)."""
+        readable = self.max_tokens
+        size = readable if window is None else min(window, readable)
+        with self._splitter_lock:
+            if self._splitter is None:
+                self._splitter = _offsets_tokenizer(self._model)
+            encoding = self._splitter.encode(text, add_special_tokens=False)
+        return split_windows(
+            text, encoding.offsets, window=size, overlap=min(overlap, size - 1), max_chars=max_chars
+        )
+
+    @property
+    def max_tokens(self) -> int:
+        """Word pieces of a text the model reads: its sequence length less [CLS] and [SEP]."""
+        length = self._model.max_seq_length or 512
+        special = int(self._model.tokenizer.num_special_tokens_to_add())
+        return max(int(length) - special, 1)
+
     def embed_queries(self, texts: Sequence[str]) -> Embeddings:
         return self._encode(self._encode_query, texts)
 
@@ -213,6 +241,16 @@ _PROBE_TEXTS = (
     "Emperor penguins breed during the Antarctic winter, when the males keep the eggs warm "
     "on their feet for about two months without eating.",
 )
+
+
+def _offsets_tokenizer(model: SentenceTransformer) -> Any:
+    from tokenizers import Tokenizer
+
+    backend = model.tokenizer.backend_tokenizer
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
 
 
 def _as_texts(embedder: str, texts: Sequence[str]) -> list[str]:

@@ -4,13 +4,16 @@
 
 Indexes the corpus (title + " " + text) through POST /api/runs, runs the test queries
 through search, and prints nDCG@10 beside the raw model with exact (brute-force cosine)
-search over the same texts. Writes bench/eval_scifact.json.
+search over the same texts, which the model truncates to what it reads (256 word pieces).
+The service splits a longer text into chunks and scores a document by its best chunk: it
+must not be worse. Writes bench/eval_scifact.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import random
 import time
 from pathlib import Path
 
@@ -45,6 +48,13 @@ def main() -> None:
     )
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--subset",
+        type=int,
+        metavar="N",
+        help="a quicker run: only the test queries' relevant documents and N others (random, "
+        "seed 7); the figures are then not comparable with the full corpus's",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "eval_scifact.json")
     args = parser.parse_args()
 
@@ -52,6 +62,12 @@ def main() -> None:
     queries = load_beir_queries(args.dataset)
     qrels = load_qrels(args.dataset, "test")
     test_queries = {qid: queries[qid] for qid in qrels}
+    if args.subset is not None:
+        relevant = {doc for rels in qrels.values() for doc in rels}
+        others = [d for d in corpus if d["id"] not in relevant]
+        corpus = [d for d in corpus if d["id"] in relevant] + random.Random(7).sample(
+            others, min(args.subset, len(others))
+        )
 
     from embedders.factory import create_embedder
     from vectorsvc.embedding import configure_model_threads
@@ -71,6 +87,7 @@ def main() -> None:
 
     started = time.perf_counter()
     # The rate limit (1,200 runs a minute) would cut off the queries of a fast service.
+    chunks = 0
     with service({"VECTORSVC_RATE_LIMIT_PER_MINUTE": "0"}) as svc, svc.client() as client:
         for i in range(0, len(corpus), args.batch):
             items = [{"id": d["id"], "text": d["text"]} for d in corpus[i : i + args.batch]]
@@ -84,6 +101,7 @@ def main() -> None:
                 },
             )
             r.raise_for_status()
+            chunks += r.json()["usage"]["chunks"]
         api_ranked: dict[str, list[str]] = {}
         for qid in qids:
             r = client.post(
@@ -104,6 +122,7 @@ def main() -> None:
     same_top10 = sum(api_ranked[q] == raw_ranked[q] for q in qids) / len(qids)
     results = {
         "corpus": len(corpus),
+        "chunks": chunks,
         "queries": len(qids),
         "ndcg10_api": api_ndcg,
         "ndcg10_raw_exact": raw_ndcg,
@@ -116,16 +135,17 @@ def main() -> None:
     print_table(
         f"SciFact: {len(corpus)} docs, {len(qids)} test queries",
         [
-            ("nDCG@10 through the API", f"{api_ndcg:.4f}"),
-            ("nDCG@10 raw model, exact search", f"{raw_ndcg:.4f}"),
+            ("chunks indexed", f"{chunks}"),
+            ("nDCG@10 through the API (chunked)", f"{api_ndcg:.4f}"),
+            ("nDCG@10 raw model, exact search, truncated", f"{raw_ndcg:.4f}"),
             ("difference", f"{api_ndcg - raw_ndcg:+.4f}"),
             ("queries with identical top 10", f"{same_top10:.1%}"),
             ("published (MTEB)", "0.645"),
         ],
     )
     write_results(args.out, results)
-    if abs(api_ndcg - raw_ndcg) > 0.005:
-        raise SystemExit("FAIL: API and raw nDCG@10 differ by more than 0.005")
+    if api_ndcg < raw_ndcg - 0.005:
+        raise SystemExit("FAIL: nDCG@10 through the API is worse than the raw model's")
 
 
 if __name__ == "__main__":

@@ -72,11 +72,15 @@ class Settings(BaseSettings):
 
     # Limits
     max_items_per_run: int = Field(default=1000, ge=1)
+    # Text chunks a synchronous index run may embed (long texts are several each).
+    max_chunks_per_run: int = Field(default=4096, ge=1)
     max_items_per_background_run: int = Field(default=100_000, ge=1)
     background_chunk_size: int = Field(default=64, ge=1, le=4096)
     # Background items a workspace may have queued and not yet processed (more: 429).
     max_queued_items_per_workspace: int = Field(default=200_000, ge=1)
-    max_text_chars: int = Field(default=20_000, ge=1)
+    # A text to index is split into chunks the model reads whole (`runs.chunking`); a
+    # million characters fit in the default body limit unless mostly escaped in the JSON.
+    max_text_chars: int = Field(default=1_000_000, ge=1)
     max_top_k: int = Field(default=100, ge=1, le=10_000)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # Client metadata of an item: how deep it may nest (1: flat) and how many keys it may

@@ -45,6 +45,7 @@ def test_index_search_run_and_account_calls(live: LiveService, key: str) -> None
         assert [h.id for h in hits][0] == "qdrant"
         assert hits[0].text == "Qdrant is a vector database" and hits[0].metadata == {"y": 2024}
         assert hits[0].score > hits[1].score
+        assert hits[0].highlight is not None and hits[0].highlight.text == hits[0].text
 
         filtered = client.search(TEXT_MODEL, "docs", text="vector", filter={"y": {"lt": 2020}})
         assert [h.id for h in filtered] == ["pasta"]

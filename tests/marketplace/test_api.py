@@ -34,7 +34,7 @@ async def test_listing_shows_every_published_model(service: Service, api_key: st
     assert minilm["dimension"] == 384
     assert minilm["available"] is True and minilm["unavailable_reason"] is None
     assert minilm["pricing"]["index"] == {
-        "unit": "item",
+        "unit": "chunk",  # a long text is indexed as several chunks, each billed
         "credits_per_unit": "0.0002",
         "micro_credits_per_unit": 200,
     }

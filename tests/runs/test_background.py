@@ -85,7 +85,7 @@ async def test_background_run_indexes_and_lists_per_item_failures(
     items.insert(9, {"id": "no-content"})
     items.insert(12, {"id": "doc-0003", "text": "a second doc-0003"})
     items.insert(20, "not an object")
-    items.insert(25, {"id": "huge", "text": "x" * 30_000})
+    items.insert(25, {"id": "huge", "text": "x" * 1_000_001})
     accepted = await submit(service, api_key, items)
     assert accepted["status"] == "queued"
     assert accepted["progress"] == {"total": 45, "done": 0, "skipped": 0, "failed": 0}
@@ -103,7 +103,7 @@ async def test_background_run_indexes_and_lists_per_item_failures(
     assert errors[20]["code"] == "invalid_item" and errors[20]["id"] is None
     assert errors[20]["message"] == "input.items[20]: must be a JSON object, not a string"
     assert errors[25]["code"] == "text_too_long"
-    assert errors[25]["message"].startswith("input.items[25].text: text has 30000 characters")
+    assert errors[25]["message"].startswith("input.items[25].text: text has 1000001 characters")
     assert run["usage"]["items"] == 40
     assert run["usage"]["cost"] != "0"
     assert run["timings"]["finished_at"] and run["timings"]["items_per_second"] > 0

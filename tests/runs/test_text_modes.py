@@ -200,7 +200,7 @@ async def test_bad_index_input_stores_nothing(service: Service, api_key: str) ->
         [{"id": "ok", "text": "fine"}, {"id": "ok", "text": "duplicate id"}],
         [{"id": "ok", "text": "fine"}, {"id": "blank", "text": "   "}],
         [{"id": "ok", "text": "fine", "metadata": {"bad key!": 1}}],
-        [{"id": "ok", "text": "x" * 20_001}],
+        [{"id": "ok", "text": "x" * 1_000_001}],
     ]
     for batch in bad_batches:
         r = await service.run(
@@ -235,7 +235,7 @@ async def test_unchanged_items_are_skipped_and_changed_ones_re_embedded(
     body = again.json()
     assert body["output"]["counts"]["skipped"] == 5
     assert body["output"]["counts"]["indexed"] == 0
-    assert body["usage"] == {"items": 0, "queries": 0, "skipped": 5, "cost": "0"}
+    assert body["usage"] == {"items": 0, "chunks": 0, "queries": 0, "skipped": 5, "cost": "0"}
     changed = items()
     changed[0]["metadata"]["topic"] = "pets"  # metadata counts as content
     changed[1]["text"] = "Rust has no garbage collector."

@@ -78,6 +78,8 @@ def make_dataset(seed: int = 1234) -> Dataset:
             "price": i * 0.5,
             "flag": i % 4 == 0,
             "metadata": {"kind": "even" if i % 2 == 0 else "odd"},
+            # On a quarter of the points only: conditions on a field some points lack.
+            **({"part": i % 8} if i % 4 == 1 else {}),
         }
         for i in range(N)
     ]
@@ -216,6 +218,25 @@ FILTER_CASES: list[tuple[str, Filter, Callable[[str, dict[str, Any]], bool]]] = 
         # ids of the other tenant: the tenant condition still wins.
         Filter((MatchValue(TENANT, "ws1/a"), HasIds((DATA.ids[0], DATA.ids[3], DATA.ids[1])))),
         lambda i, p: p[TENANT] == "ws1/a" and i in {DATA.ids[0], DATA.ids[3], DATA.ids[1]},
+    ),
+]
+FILTER_CASES += [
+    (
+        "not_range_on_a_field_some_lack",  # points without the field are kept
+        Filter(must_not=(Range("part", gte=2),)),
+        lambda i, p: not ("part" in p and p["part"] >= 2),
+    ),
+    (
+        "tenant_and_not_lang",
+        Filter((MatchValue(TENANT, "ws1/a"),), must_not=(MatchValue("lang", "de"),)),
+        lambda i, p: p[TENANT] == "ws1/a" and p["lang"] != "de",
+    ),
+    (
+        "and_not_keeps_both",
+        Filter((MatchValue(TENANT, "ws1/a"),))
+        .and_not(MatchAny("n", (1, 2, 4)))
+        .and_(Range("n", lt=10)),
+        lambda i, p: p[TENANT] == "ws1/a" and p["n"] not in {1, 2, 4} and p["n"] < 10,
     ),
 ]
 CASE_IDS = [c[0] for c in FILTER_CASES]
@@ -540,6 +561,16 @@ def test_release_migration_keeps_both_releases_in_step(h: Harness, tmp_path: Pat
     h.store.delete_collection(r1)  # prune
     assert h.store.list_collections().count(r1) == 0
     db.close()
+
+
+def test_retrieve_with_vectors(h: Harness) -> None:
+    name = h.loaded()
+    records = h.store.retrieve(name, [DATA.ids[3], DATA.ids[7]], with_vectors=True)
+    assert [r.id for r in records] == [DATA.ids[3], DATA.ids[7]]
+    for record, row in zip(records, (3, 7), strict=True):
+        assert record.vector is not None and record.vector.dtype == np.float32
+        expected = DATA.vectors[row] / np.linalg.norm(DATA.vectors[row])  # cosine: normalised
+        np.testing.assert_allclose(record.vector, expected, atol=1e-5)
 
 
 # --- congruence: same data, same answers -------------------------------------------------

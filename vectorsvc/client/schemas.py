@@ -25,8 +25,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class Highlight(_Model):
+    """The item's best-matching chunk: its text and character span in the item's text."""
+
+    text: str
+    start: int
+    end: int
+
+
 class Hit(_Model):
-    """One search result."""
+    """One search result: one item, scored by its best chunk."""
 
     id: str
     score: float
@@ -34,6 +42,7 @@ class Hit(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     media_ref: str | None = None
     thumbnail_url: str | None = None
+    highlight: Highlight | None = None
 
 
 class ModelDetail(_Model):

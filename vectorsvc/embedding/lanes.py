@@ -117,6 +117,20 @@ class EmbeddingService:
         except WeightsUnavailable as exc:
             raise _unavailable(spec, exc) from exc
 
+    async def split(self, spec: ModelSpec, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Each text's chunk spans (`ModelRuntime.split`), on a worker thread."""
+        if not texts:
+            return []
+        runtime = self.runtime(spec)
+        if not runtime.loaded:
+            missing = await anyio.to_thread.run_sync(self.availability, spec)
+            if missing is not None:
+                raise _unavailable(spec, missing)
+        try:
+            return await anyio.to_thread.run_sync(runtime.split, texts)
+        except WeightsUnavailable as exc:
+            raise _unavailable(spec, exc) from exc
+
     def _lane(self, slug: str, kind: InputKind) -> _Lane:
         key = (slug, kind)
         lane = self._lanes.get(key)

@@ -145,6 +145,21 @@ class ModelRuntime:
             self._on_batch(self.spec.slug, kind, len(inputs), time.perf_counter() - started)
         return vectors
 
+    def split(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Each text's chunk spans by the model's tokenizer and the registry's chunking
+        (blocking; loads the model)."""
+        embedder = self.load()
+        chunking = self.spec.chunking
+        return [
+            embedder.text_windows(
+                text,
+                window=chunking.window_tokens,
+                overlap=chunking.overlap_tokens,
+                max_chars=chunking.max_chunk_chars,
+            )
+            for text in texts
+        ]
+
     async def submit(
         self, kind: InputKind, inputs: Sequence[Any], wanted: Callable[[], bool] | None = None
     ) -> Embeddings:

@@ -23,7 +23,7 @@ class KnowledgeBasePublic(BaseModel):
     collection: str
     scope: str
     modality: str
-    point_count: int
+    point_count: int = Field(description="Items stored (a long text counts once).")
     last_write_at: datetime
     approx_bytes: int
     release: str | None = Field(description="The model release searches read.")
@@ -45,6 +45,10 @@ class ItemPublic(BaseModel):
     thumbnail_url: str | None
     metadata: dict[str, Any]
     indexed_at: str | None
+    chunks: int = Field(default=1, description="How many chunks the item's text is stored as.")
+    text: str | None = Field(
+        default=None, description="The item's whole text (reading one item only)."
+    )
 
 
 class ItemsPublic(BaseModel):

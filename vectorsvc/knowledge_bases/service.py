@@ -24,7 +24,8 @@ from vectorsvc.knowledge_bases.schemas import (
     KnowledgeBasesPublic,
     MigrationPublic,
 )
-from vectorsvc.points import catalog, namespaces, releases
+from vectorsvc.points import catalog, chunks, namespaces, releases
+from vectorsvc.points.chunks import heads, read_chunk, read_item_text
 from vectorsvc.points.metadata import parse_metadata_filter
 from vectorsvc.points.namespaces import Namespace, Scope
 from vectorsvc.points.payload import read_payload
@@ -162,8 +163,9 @@ def _require_known(state: AppState, ns: Namespace) -> None:
         )
 
 
-def item_public(record: PointRecord) -> ItemPublic:
-    """The item as the API shows it (a field of an unexpected type shows as empty)."""
+def item_public(record: PointRecord, *, text: str | None = None) -> ItemPublic:
+    """The item as the API shows it, from its chunk 0 (a field of an unexpected type shows
+    as empty); `text`: its whole text, when read back."""
     item = read_payload(record.payload)
     return ItemPublic(
         id=str(item.item_id),
@@ -172,6 +174,8 @@ def item_public(record: PointRecord) -> ItemPublic:
         thumbnail_url=item.thumbnail_url,
         metadata=item.metadata,
         indexed_at=item.indexed_at,
+        chunks=read_chunk(record.payload).count,
+        text=text,
     )
 
 
@@ -183,8 +187,8 @@ async def list_items(
 
     def _scroll() -> ItemsPublic:
         _require_known(state, ns)
-        page = state.store.scroll(
-            ns.collection, filter=ns.tenant_filter, limit=limit, offset=offset
+        page = state.store.scroll(  # chunk 0 of each item: items, never raw chunks
+            ns.collection, filter=heads(ns.tenant_filter), limit=limit, offset=offset
         )
         return ItemsPublic(
             data=[item_public(p) for p in page.points],
@@ -210,7 +214,12 @@ async def get_item(
             raise NotFound(
                 f"no item {item_id!r} in scope {scope!r}", field="item_id", code="item_not_found"
             )
-        return item_public(found[0])
+        head = found[0].payload
+        if read_chunk(head).count > 1:
+            text = read_item_text(state.store, ns, item_id)
+        else:
+            text = read_chunk(head).text
+        return item_public(found[0], text=text)
 
     return await anyio.to_thread.run_sync(_get)
 
@@ -231,7 +240,7 @@ async def delete_matching(
     def _delete() -> DeleteResult:
         _require_known(state, ns)
         if dry_run:
-            count = state.store.count(ns.collection, filter=flt)
+            count = state.store.count(ns.collection, filter=heads(flt))
             return DeleteResult(dry_run=True, count=count, deleted=0)
         deleted = delete_and_recount(
             state.store, state.db, ns=ns, flt=flt, heal=True, collections=state.collections
@@ -242,7 +251,8 @@ async def delete_matching(
 
 
 def item_filter(ns_item_id: str, ns: Namespace) -> Filter:
-    return Filter(must=(HasIds((ns.point_id(ns_item_id),)),))
+    """Every chunk of one item."""
+    return Filter(must=chunks.item_filter(ns, [ns_item_id]).must)
 
 
 def metadata_filter(raw: dict[str, Any]) -> Filter:

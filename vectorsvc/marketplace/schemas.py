@@ -8,7 +8,10 @@ from pydantic import BaseModel, Field
 
 
 class PricePublic(BaseModel):
-    unit: str = Field(description="What is counted: item (embedded), query, or request (run).")
+    unit: str = Field(
+        description="What is counted: item (embedded), chunk (a text indexed is split into "
+        "chunks the model reads whole: a long text is several), query, or request (run)."
+    )
     credits_per_unit: str = Field(description="Credits, as an exact decimal string.")
     micro_credits_per_unit: int = Field(description="The same price; 1 credit = 1,000,000.")
 

@@ -9,7 +9,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PriceUnit = Literal["item", "query", "request"]
+PriceUnit = Literal["item", "chunk", "query", "request"]
 PRICE_UNITS: tuple[str, ...] = get_args(PriceUnit)
 
 
@@ -23,7 +23,8 @@ class ModePrice(BaseModel):
 
 
 class Usage(BaseModel):
-    """What one run consumed: items embedded, queries served, and the run itself."""
+    """What one run consumed: items embedded, queries served, and the run itself. An index
+    run's `items` are the text chunks it embedded (`runs.chunking`): a long text is several."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -33,7 +34,7 @@ class Usage(BaseModel):
     requests: int = Field(default=1, ge=0)
 
     def units(self, unit: PriceUnit) -> int:
-        if unit == "item":
+        if unit in ("item", "chunk"):  # "chunk": an index price per text chunk embedded
             return self.items
         if unit == "query":
             return self.queries

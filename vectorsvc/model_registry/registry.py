@@ -65,6 +65,27 @@ class Availability(BaseModel):
     reason: str | None = None
 
 
+class Chunking(BaseModel):
+    """How an index item's text is split into chunks, each embedded and stored on its own
+    (`embedders.chunking`): windows of `window_tokens` of the model's tokens (None: as many
+    as the model reads), `overlap_tokens` shared with the window before, and at most
+    `max_chunk_chars` characters each. A text that fits one window is one chunk."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    window_tokens: int | None = Field(default=None, ge=16)
+    overlap_tokens: int = Field(default=32, ge=0)
+    max_chunk_chars: int = Field(default=8_000, ge=256)
+
+    @model_validator(mode="after")
+    def _overlap_within_window(self) -> Chunking:
+        if self.window_tokens is not None and self.overlap_tokens >= self.window_tokens // 2:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be under half of window_tokens "
+                f"({self.window_tokens})"
+            )
+        return self
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,6 +102,7 @@ class ModelSpec(BaseModel):
     contracts: dict[Mode, ModeContract]
     pricing: dict[Mode, ModePrice]
     availability: Availability = Field(default_factory=Availability)
+    chunking: Chunking = Field(default_factory=Chunking)
 
     @model_validator(mode="after")
     def _every_mode_has_contract_and_price(self) -> ModelSpec:

@@ -36,6 +36,12 @@ INDEXED_AT_FIELD = "indexed_at"
 MEDIA_REF_FIELD = "media_ref"
 CONTENT_HASH_FIELD = "_hash"  # sha256 of model release, content and metadata (dedupe)
 RUN_FIELD = "_run"  # the run that wrote the point (exact resume of background runs)
+# A long text's chunks (`points.chunks`); a point without them is its item's one chunk.
+CHUNK_FIELD = "_chunk"  # the chunk's number, 0 first
+CHUNK_COUNT_FIELD = "_chunks"  # on chunk 0: how many chunks the item has
+SPAN_START_FIELD = "_start"  # the chunk's character span in the item's text
+SPAN_END_FIELD = "_end"
+CHUNK_HASH_FIELD = "_chash"  # sha256 of model release and the chunk's text (vector reuse)
 
 # Fixed namespace for uuid5 point ids: stable across releases of this service.
 _POINT_ID_NAMESPACE = uuid.UUID("6f1c8e52-3a0b-4f4e-9d7e-8d7c2b1a9e01")
@@ -81,6 +87,13 @@ class Namespace:
     def point_id(self, client_id: str) -> str:
         """Deterministic point id: indexing the same client id again replaces the point."""
         return str(uuid.uuid5(_POINT_ID_NAMESPACE, f"{self.tenant_key}\x1f{client_id}"))
+
+    def chunk_point_id(self, client_id: str, chunk: int) -> str:
+        """Chunk `chunk` of an item: chunk 0 is the item's `point_id`."""
+        if chunk == 0:
+            return self.point_id(client_id)
+        name = f"{self.tenant_key}\x1f{client_id}\x1f{chunk}"
+        return str(uuid.uuid5(_POINT_ID_NAMESPACE, name))
 
 
 def collection_name(model: ModelSpec) -> str:
@@ -161,4 +174,5 @@ def collection_spec(model: ModelSpec, name: str | None = None) -> CollectionSpec
         dimension=model.dimension,
         tenant_key=TENANT_FIELD,
         keyword_fields=(WORKSPACE_FIELD, SCOPE_FIELD, ID_FIELD),
+        float_fields=(CHUNK_FIELD,),  # items are chunk 0 of each (`points.chunks.heads`)
     )

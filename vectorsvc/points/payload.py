@@ -39,9 +39,11 @@ def point_payload(
     content_hash: str | None,
     run_id: str | None,
     indexed_at: str,
+    chunk_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The payload of a point written to `ns`. `content_hash` and `run_id` (dedupe, resume)
-    are left out when None (synthetic points of the bench)."""
+    are left out when None (synthetic points of the bench); `chunk_fields` are a chunk's
+    number and span (`points.chunks.Chunk.payload_fields`), none for a one-chunk item."""
     payload: dict[str, Any] = {
         namespaces.TENANT_FIELD: ns.tenant_key,
         namespaces.WORKSPACE_FIELD: ns.workspace_id,
@@ -58,6 +60,8 @@ def point_payload(
         payload[namespaces.TEXT_FIELD] = text
     if media_ref is not None:
         payload[namespaces.MEDIA_REF_FIELD] = media_ref
+    if chunk_fields:
+        payload.update(chunk_fields)
     return payload
 
 

@@ -19,21 +19,20 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import anyio
 
-from embedders.base import Embeddings
 from vectorsvc.billing.funds import Reservation
 from vectorsvc.billing.service import quote
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.points.namespaces import Namespace
-from vectorsvc.points.payload import content_hash, point_payload
+from vectorsvc.points.payload import content_hash
 from vectorsvc.points.store import stored_points
+from vectorsvc.runs.chunking import chunk_counts, chunk_points, plan_chunks
 from vectorsvc.runs.content import (
     Content,
     ImageContent,
@@ -48,7 +47,6 @@ from vectorsvc.runs.inputs import IndexItem, MetadataLimits, validate_part
 from vectorsvc.runs.intents import ChunkProgress
 from vectorsvc.runs.writes import write_and_charge
 from vectorsvc.state import AppState
-from vectorsvc.vectorstore.base import PointRecord
 
 # -- prepare --------------------------------------------------------------------------------
 
@@ -140,6 +138,8 @@ class IndexPlan:
     to_embed: list[int]
     skipped: list[int]
     already_written: list[int]  # stored by this same run before a restart: bill, don't embed
+    # Each item stored before (by index): how many chunks it has (`points.chunks`).
+    stored_chunks: dict[int, int] = field(default_factory=dict)
 
 
 def plan_index(
@@ -159,44 +159,25 @@ def plan_index(
     to_embed: list[int] = []
     skipped: list[int] = []
     already: list[int] = []
+    stored_chunks: dict[int, int] = {}
     for i in candidates:
         existing = stored.get(ns.point_id(items[i].id))
+        if existing is not None:
+            stored_chunks[i] = existing.chunks
         if existing is not None and existing.content_hash == hashes[i]:
             (already if existing.run_id == run_id else skipped).append(i)
         else:
             to_embed.append(i)
-    return IndexPlan(hashes=hashes, to_embed=to_embed, skipped=skipped, already_written=already)
+    return IndexPlan(
+        hashes=hashes,
+        to_embed=to_embed,
+        skipped=skipped,
+        already_written=already,
+        stored_chunks=stored_chunks,
+    )
 
 
 # -- embed and write ------------------------------------------------------------------------
-
-
-def build_points(
-    ns: Namespace,
-    items: Sequence[IndexItem],
-    plan: IndexPlan,
-    indexes: Sequence[int],
-    vectors: Embeddings,
-    run_id: str,
-) -> list[PointRecord]:
-    now = datetime.now(UTC).isoformat()
-    return [
-        PointRecord(
-            id=ns.point_id(items[i].id),
-            vector=vectors[row],
-            payload=point_payload(
-                ns,
-                item_id=items[i].id,
-                text=items[i].text,
-                media_ref=_media_ref(items[i]) if items[i].image is not None else None,
-                metadata=items[i].metadata,
-                content_hash=plan.hashes[i],
-                run_id=run_id,
-                indexed_at=now,
-            ),
-        )
-        for row, i in enumerate(indexes)
-    ]
 
 
 @dataclass(frozen=True)
@@ -208,6 +189,7 @@ class Indexed:
     created: int
     skipped: int
     cost: int
+    chunks: int = 0  # chunks embedded (billed)
 
 
 async def index_items(
@@ -248,25 +230,41 @@ async def index_items(
         partial(plan_index, state, model, ns, items, prepared, run_id, range(len(items)))
     )
     started = time.perf_counter()
+    chunked = await plan_chunks(
+        state,
+        model=model,
+        ns=ns,
+        items=items,
+        prepared=prepared,
+        indexes=plan.to_embed,
+        stored_counts=plan.stored_chunks,
+        max_chunks=state.settings.max_chunks_per_run if strict else None,
+    )
     vectors, embed_failures = await embed_prepared(
         state,
         model=model,
-        prepared=prepared,
-        indexes=plan.to_embed,
+        prepared=chunked.embed,
         purpose="document",
         max_decoded_pixels=max_decoded_pixels,
     )
     embed_seconds = time.perf_counter() - started
     if strict and embed_failures:
         raise embed_failures[min(embed_failures)]
-    written = [i for row, i in enumerate(plan.to_embed) if row not in embed_failures]
-    for row, problem in embed_failures.items():
-        i = plan.to_embed[row]
+    failed = {chunked.embed_at[row][0] for row in embed_failures}  # image items: one chunk
+    written = [i for k, i in enumerate(plan.to_embed) if k not in failed]
+    for k in sorted(failed):
+        problem = embed_failures[next(r for r, at in enumerate(chunked.embed_at) if at[0] == k)]
+        i = plan.to_embed[k]
         failures.append(failure(positions[i], items[i].id, problem.code, problem.message))
-    if embed_failures:
-        vectors = vectors[[row for row in range(len(plan.to_embed)) if row not in embed_failures]]
-    points = build_points(ns, items, plan, written, vectors, run_id)
-    billable = 0 if free else len(points) + len(plan.already_written)
+    points = chunk_points(model, ns, items, chunked, plan.hashes, vectors, failed, run_id)
+    # Billed per chunk embedded (a reused vector is free), and a resumed run's earlier write;
+    # a release migration's re-embedding is the platform's own work, never billed.
+    chunks_billed = sum(1 for k, _ in chunked.embed_at if k not in failed)
+    billable = (
+        0
+        if free
+        else chunks_billed + sum(plan.stored_chunks.get(i, 1) for i in plan.already_written)
+    )
     failures.sort(key=lambda f: int(f["index"]))
     progress = None
     if chunk is not None:
@@ -294,6 +292,8 @@ async def index_items(
             run_key=run_id if chunk is None else f"{run_id}:{chunk[0]}",
             writer=run_id,
             billable=billable,
+            done=len(written) + len(plan.already_written),
+            chunk_counts=chunk_counts(items, chunked, failed),
             written_before=[ns.point_id(items[i].id) for i in plan.already_written],
             chunk=progress,
             reserved=drawn,
@@ -302,5 +302,9 @@ async def index_items(
         if drawn is not None:
             state.funds.release(drawn)  # settled by the charge already, unless it failed
     return Indexed(
-        written=len(points), created=result.created, skipped=len(plan.skipped), cost=result.cost
+        written=len(written),
+        created=result.created,
+        skipped=len(plan.skipped),
+        cost=result.cost,
+        chunks=chunks_billed,
     )

@@ -49,6 +49,11 @@ class RunOptions(BaseModel):
 
 class RunUsage(BaseModel):
     items: int = Field(default=0, description="Items embedded and stored or returned.")
+    chunks: int | None = Field(
+        default=None,
+        description="Index runs: the text chunks embedded, what the run is billed for (a long "
+        "text is several chunks; a chunk whose text is stored already is not embedded again).",
+    )
     queries: int = Field(default=0, description="Queries served.")
     skipped: int = Field(default=0, description="Unchanged items not embedded (not billed).")
     cost: str = Field(default="0", description="Credits charged, as an exact decimal string.")

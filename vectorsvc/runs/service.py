@@ -21,9 +21,10 @@ from vectorsvc.billing.service import PendingCharge, quote
 from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
+from vectorsvc.points.chunks import item_filter
+from vectorsvc.points.grouping import item_hit_public, search_items
 from vectorsvc.points.metadata import parse_metadata_filter
 from vectorsvc.points.namespaces import Namespace
-from vectorsvc.points.payload import hit_public
 from vectorsvc.points.store import delete_and_recount
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.content import (
@@ -46,7 +47,7 @@ from vectorsvc.runs.pipeline import ItemBatch, index_items
 from vectorsvc.runs.schemas import RunRequest, RunResponse, RunStatusPublic, RunUsage
 from vectorsvc.runs.writes import charge_run
 from vectorsvc.state import AppState
-from vectorsvc.vectorstore.base import Filter, HasIds, ScoredPoint, Vector
+from vectorsvc.vectorstore.base import Filter, ScoredPoint, Vector
 
 Output = tuple[dict[str, Any], RunUsage]
 
@@ -218,7 +219,12 @@ async def _index(ctx: RunContext) -> Output:
             "collection": ns.collection,
             "scope": ns.scope,
         },
-        RunUsage(items=result.written, skipped=result.skipped, cost=format_credits(result.cost)),
+        RunUsage(
+            items=result.written,
+            chunks=result.chunks,
+            skipped=result.skipped,
+            cost=format_credits(result.cost),
+        ),
     )
 
 
@@ -251,7 +257,10 @@ async def _search(ctx: RunContext) -> Output:
                 purpose="query",
             )
         )[0]
-        search_store = partial(_query, ctx.state, ctx.model, ns, vector, flt, params.top_k)
+        # One hit per item, scored by its best chunk: candidates grouped by item.
+        search_store = partial(
+            search_items, partial(_query, ctx.state, ctx.model, ns, vector, flt), params.top_k
+        )
         # The embedded engine's search is a short call that holds the GIL anyway: on the
         # event loop it costs less than the hop to a worker thread and back.
         if ctx.state.store.search_inline(ns.collection):
@@ -261,7 +270,7 @@ async def _search(ctx: RunContext) -> Output:
     return (
         {
             "hits": [
-                hit_public(hit)
+                item_hit_public(hit)
                 for hit in hits
                 if params.score_threshold is None or hit.score >= params.score_threshold
             ]
@@ -284,7 +293,7 @@ async def _delete(ctx: RunContext) -> Output:
     data = validate_part(DeleteInput, ctx.request.input, prefix="input")
     flt = ns.tenant_filter
     if data.ids is not None:
-        flt = flt.and_(HasIds(tuple(ns.point_id(i) for i in data.ids)))
+        flt = item_filter(ns, data.ids)  # every chunk of each item
     else:
         # The contract (models.yaml) asks for exactly one of them, and a non-empty filter.
         assert data.filter

@@ -66,7 +66,11 @@ def charge_run(
 
 
 def _upsert(
-    state: AppState, model: ModelSpec, intent: WriteIntent, points: list[PointRecord]
+    state: AppState,
+    model: ModelSpec,
+    intent: WriteIntent,
+    points: list[PointRecord],
+    chunk_counts: dict[str, int] | None = None,
 ) -> int:
     """Record the intent, upsert, keep the catalog exact; how many points are new (blocking)."""
     state.media.require_present(
@@ -85,6 +89,7 @@ def _upsert(
         ns=intent.ns,
         modality=intent.modality,
         points=points,
+        chunk_counts=chunk_counts,
     )
 
 
@@ -104,6 +109,8 @@ async def write_and_charge(
     run_key: str,
     writer: str,
     billable: int,
+    done: int | None = None,
+    chunk_counts: dict[str, int] | None = None,
     written_before: Sequence[str] = (),
     chunk: ChunkProgress | None = None,
     reserved: Reservation | None = None,
@@ -113,7 +120,10 @@ async def write_and_charge(
     `writer` is the run id the points carry; `run_key` keys the charge (the run id, or a
     background chunk's `<run id>:<start>`). `written_before` are the ids of points this run
     stored earlier and was not charged for (a resumed background run): `billable` counts
-    them too. A background chunk's progress commits with the charge. `reserved`: the
+    them too. `done`: the items this counts for a background chunk's progress (default
+    `billable`: index runs bill per text chunk). `chunk_counts`: each written item's chunk
+    count (`points.store.upsert_and_recount`). A background chunk's progress commits with
+    the charge. `reserved`: the
     charge's funds, already set aside (a background chunk's share of its run's
     reservation); else they are reserved here.
     """
@@ -139,7 +149,9 @@ async def write_and_charge(
             started = time.perf_counter()
             try:
                 created = (
-                    await anyio.to_thread.run_sync(partial(_upsert, state, model, intent, points))
+                    await anyio.to_thread.run_sync(
+                        partial(_upsert, state, model, intent, points, chunk_counts)
+                    )
                     if intent.point_ids
                     else 0
                 )
@@ -154,7 +166,7 @@ async def write_and_charge(
                     intents.apply_chunk(
                         session,
                         chunk,
-                        done=billable,
+                        done=billable if done is None else done,
                         cost=quote(model, "index", usage),
                         write_seconds=time.perf_counter() - started,
                     )

@@ -58,9 +58,13 @@ Condition = MatchValue | MatchAny | Range | HasIds
 @dataclass(frozen=True)
 class Filter:
     must: tuple[Condition, ...] = ()
+    must_not: tuple[Condition, ...] = ()  # none of these may hold
 
     def and_(self, *conditions: Condition) -> Filter:
-        return Filter(must=self.must + tuple(conditions))
+        return Filter(must=self.must + tuple(conditions), must_not=self.must_not)
+
+    def and_not(self, *conditions: Condition) -> Filter:
+        return Filter(must=self.must, must_not=self.must_not + tuple(conditions))
 
 
 # --- Points --------------------------------------------------------------------------------
@@ -151,8 +155,10 @@ class VectorStore(Protocol):
     ) -> list[ScoredPoint]:
         """Nearest points by cosine similarity, best first, restricted by `filter`."""
 
-    def retrieve(self, collection: str, ids: Sequence[str]) -> list[PointRecord]:
-        """Points by id (payload only, no vectors); missing ids are left out."""
+    def retrieve(
+        self, collection: str, ids: Sequence[str], *, with_vectors: bool = False
+    ) -> list[PointRecord]:
+        """Points by id (payload, and vectors if `with_vectors`); missing ids are left out."""
 
     def count(self, collection: str, *, filter: Filter) -> int:
         """Exact count of points matching `filter`."""

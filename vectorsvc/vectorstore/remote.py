@@ -68,9 +68,12 @@ def _condition(cond: Condition) -> qm.Condition:
 
 def to_qdrant_filter(flt: Filter) -> qm.Filter | None:
     """Our Filter -> `qdrant_client.models.Filter`, or None for "everything"."""
-    if not flt.must:
+    if not flt.must and not flt.must_not:
         return None
-    return qm.Filter(must=[_condition(c) for c in flt.must])
+    return qm.Filter(
+        must=[_condition(c) for c in flt.must],
+        must_not=[_condition(c) for c in flt.must_not] or None,
+    )
 
 
 def _as_list(vector: Vector) -> list[float]:
@@ -79,6 +82,13 @@ def _as_list(vector: Vector) -> list[float]:
         raise VectorStoreError(f"expected a 1-d vector, got shape {array.shape}")
     values: list[float] = array.tolist()
     return values
+
+
+def _vector(raw: object) -> Vector | None:
+    """A retrieved point's dense vector (a list, or a dict keyed by vector name)."""
+    if isinstance(raw, dict):
+        raw = next(iter(raw.values()), None)
+    return np.asarray(raw, dtype=np.float32) if isinstance(raw, list) else None
 
 
 def _payload(raw: dict[str, Any] | None) -> dict[str, Any]:
@@ -282,18 +292,24 @@ class RemoteVectorStore:
             for p in response.points
         ]
 
-    def retrieve(self, collection: str, ids: Sequence[str]) -> list[PointRecord]:
+    def retrieve(
+        self, collection: str, ids: Sequence[str], *, with_vectors: bool = False
+    ) -> list[PointRecord]:
         wanted = canonical_ids(ids)
         if not wanted:
             return []
         with self._errors(collection):
             records = self._client.retrieve(
-                collection, ids=list(wanted), with_payload=True, with_vectors=False
+                collection, ids=list(wanted), with_payload=True, with_vectors=with_vectors
             )
         by_id = {str(r.id): r for r in records}
         # Request order, duplicates once, missing left out: same as the Edge backend.
         return [
-            PointRecord(id=i, payload=_payload(by_id[i].payload))
+            PointRecord(
+                id=i,
+                payload=_payload(by_id[i].payload),
+                vector=_vector(by_id[i].vector) if with_vectors else None,
+            )
             for i in dict.fromkeys(wanted)
             if i in by_id
         ]

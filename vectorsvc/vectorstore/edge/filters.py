@@ -44,6 +44,9 @@ def _condition(cond: Condition) -> qe.ConditionType:
 
 def to_edge_filter(flt: Filter) -> qe.Filter | None:
     """Our Filter -> `qdrant_edge.Filter`, or None for "everything"."""
-    if not flt.must:
+    if not flt.must and not flt.must_not:
         return None
-    return qe.Filter(must=[_condition(c) for c in flt.must])
+    return qe.Filter(
+        must=[_condition(c) for c in flt.must],
+        must_not=[_condition(c) for c in flt.must_not] or None,
+    )

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 import qdrant_edge as qe
 
 from vectorsvc.vectorstore.base import (
@@ -72,6 +73,13 @@ T = TypeVar("T")
 VectorDatatype = Literal["float32", "float16"]
 
 logger = logging.getLogger(__name__)
+
+
+def _edge_vector(raw: object) -> Vector | None:
+    """A retrieved point's dense vector (Edge: a list, or a dict keyed by vector name)."""
+    if isinstance(raw, dict):
+        raw = next(iter(raw.values()), None)
+    return np.asarray(raw, dtype=np.float32) if isinstance(raw, list) else None
 
 
 def _payload(raw: dict[str, Any] | None) -> dict[str, Any]:
@@ -464,7 +472,9 @@ class EdgeVectorStore:
             for h in hits
         ]
 
-    def retrieve(self, collection: str, ids: Sequence[str]) -> list[PointRecord]:
+    def retrieve(
+        self, collection: str, ids: Sequence[str], *, with_vectors: bool = False
+    ) -> list[PointRecord]:
         name = self._resolve(collection)
         wanted = canonical_ids(ids)
         if not wanted:
@@ -474,12 +484,16 @@ class EdgeVectorStore:
         records = self._reading(
             name,
             Filter(must=(HasIds(tuple(wanted)),)),
-            lambda: shard.retrieve(point_ids, with_payload=True, with_vector=False),
+            lambda: shard.retrieve(point_ids, with_payload=True, with_vector=with_vectors),
         )
         by_id = {str(r.id): r for r in records}
         # Request order, duplicates once, missing left out: same as the remote backend.
         return [
-            PointRecord(id=i, payload=_payload(by_id[i].payload))
+            PointRecord(
+                id=i,
+                payload=_payload(by_id[i].payload),
+                vector=_edge_vector(by_id[i].vector) if with_vectors else None,
+            )
             for i in dict.fromkeys(wanted)
             if i in by_id
         ]
