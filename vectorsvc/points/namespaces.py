@@ -17,6 +17,7 @@ from typing import NewType
 
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.model_registry.registry import ModelSpec
+from vectorsvc.points.sparse import has_keywords
 from vectorsvc.vectorstore.base import CollectionSpec, Filter, MatchValue
 
 SCOPE_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -107,4 +108,5 @@ def collection_spec(model: ModelSpec) -> CollectionSpec:
         dimension=model.dimension,
         tenant_key=TENANT_FIELD,
         keyword_fields=(WORKSPACE_FIELD, SCOPE_FIELD, ID_FIELD),
+        sparse=has_keywords(model),
     )

@@ -33,6 +33,7 @@ from vectorsvc.model_registry.pricing import Usage
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.points.namespaces import Namespace
 from vectorsvc.points.payload import content_hash, point_payload
+from vectorsvc.points.sparse import document_vector, has_keywords
 from vectorsvc.points.store import stored_points
 from vectorsvc.runs.content import (
     Content,
@@ -178,12 +179,18 @@ def build_points(
     indexes: Sequence[int],
     vectors: Embeddings,
     run_id: str,
+    *,
+    keywords: bool = False,
 ) -> list[PointRecord]:
+    """The points to write; with `keywords`, each text's BM25 vector beside its dense one."""
     now = datetime.now(UTC).isoformat()
     return [
         PointRecord(
             id=ns.point_id(items[i].id),
             vector=vectors[row],
+            sparse=(
+                document_vector(text) if keywords and (text := items[i].text) is not None else None
+            ),
             payload=point_payload(
                 ns,
                 item_id=items[i].id,
@@ -263,7 +270,7 @@ async def index_items(
         failures.append(failure(positions[i], items[i].id, problem.code, problem.message))
     if embed_failures:
         vectors = vectors[[row for row in range(len(plan.to_embed)) if row not in embed_failures]]
-    points = build_points(ns, items, plan, written, vectors, run_id)
+    points = build_points(ns, items, plan, written, vectors, run_id, keywords=has_keywords(model))
     billable = len(points) + len(plan.already_written)
     failures.sort(key=lambda f: int(f["index"]))
     progress = None

@@ -32,6 +32,7 @@ from vectorsvc.vectorstore.base import (
     PointRecord,
     ScoredPoint,
     ScrollPage,
+    SparseVector,
     Vector,
     VectorStoreError,
 )
@@ -58,9 +59,16 @@ from vectorsvc.vectorstore.edge.payloads import (
     is_unreadable_payload,
     stand_in_payload,
 )
+from vectorsvc.vectorstore.edge.queries import (
+    dense_request,
+    edge_sparse,
+    hybrid_request,
+    keyword_request,
+)
 from vectorsvc.vectorstore.edge.shards import add_indexes, edge_config
 from vectorsvc.vectorstore.filters import (
     DENSE_VECTOR,
+    SPARSE_VECTOR,
     canonical_id,
     canonical_ids,
     dense_list,
@@ -398,18 +406,15 @@ class EdgeVectorStore:
 
     def upsert(self, collection: str, points: Sequence[PointRecord]) -> None:
         name = self._resolve(collection)
-        dimension = self._spec(name).dimension
+        spec = self._spec(name)
         edge_points = []
         for point in points:
             if point.vector is None:
                 raise VectorStoreError(f"point {point.id} has no vector")
-            edge_points.append(
-                qe.Point(
-                    canonical_id(point.id),
-                    {DENSE_VECTOR: dense_list(name, dimension, point.vector)},
-                    dict(point.payload),
-                )
-            )
+            vectors: dict[str, Any] = {DENSE_VECTOR: dense_list(name, spec.dimension, point.vector)}
+            if spec.sparse and point.sparse is not None:
+                vectors[SPARSE_VECTOR] = edge_sparse(point.sparse)
+            edge_points.append(qe.Point(canonical_id(point.id), vectors, dict(point.payload)))
         if not edge_points:
             return
         shard = self._shard(name)
@@ -427,14 +432,52 @@ class EdgeVectorStore:
     ) -> list[ScoredPoint]:
         name = self._resolve(collection)
         query = dense_list(name, self._spec(name).dimension, vector)
-        request = qe.QueryRequest(
-            limit=limit,
-            offset=offset,
-            query=qe.Query.Nearest(query, using=DENSE_VECTOR),
-            filter=to_edge_filter(filter),
-            with_payload=True,
-            with_vector=False,
+        edge_filter = to_edge_filter(filter)
+        return self._query(
+            name, filter, dense_request(query, edge_filter, limit=limit, offset=offset)
         )
+
+    def has_sparse(self, collection: str) -> bool:
+        return self._spec(self._resolve(collection)).sparse
+
+    def _sparse_spec(self, collection: str) -> str:
+        name = self._resolve(collection)
+        if not self._spec(name).sparse:
+            raise VectorStoreError(f"collection {name!r} holds no keyword vectors")
+        return name
+
+    def search_keyword(
+        self, collection: str, sparse: SparseVector, *, filter: Filter, limit: int
+    ) -> list[ScoredPoint]:
+        name = self._sparse_spec(collection)
+        return self._query(
+            name, filter, keyword_request(sparse, to_edge_filter(filter), limit=limit)
+        )
+
+    def search_hybrid(
+        self,
+        collection: str,
+        vector: Vector,
+        sparse: SparseVector,
+        *,
+        filter: Filter,
+        limit: int,
+        candidates: int,
+        rrf_k: int,
+    ) -> list[ScoredPoint]:
+        name = self._sparse_spec(collection)
+        query = dense_list(name, self._spec(name).dimension, vector)
+        request = hybrid_request(
+            query,
+            sparse,
+            to_edge_filter(filter),
+            limit=limit,
+            candidates=max(candidates, limit),
+            rrf_k=rrf_k,
+        )
+        return self._query(name, filter, request)
+
+    def _query(self, name: str, filter: Filter, request: qe.QueryRequest) -> list[ScoredPoint]:
         shard = self._shard(name)
         try:
             hits = shard.query(request)
