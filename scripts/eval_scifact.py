@@ -152,6 +152,24 @@ def store_fusion(
         out["keyword"] = ranked(
             lambda i, q: store.search_keyword("c", sparse[q], filter=scope, limit=10)
         )
+        # IDF over the scope's own points, as the service asks for (runs/retrieval.py)
+        out["keyword_scope_idf"] = ranked(
+            lambda i, q: store.search_keyword(
+                "c", sparse[q], filter=scope, limit=10, idf_scope=scope
+            )
+        )
+        out["rrf_k60_scope_idf"] = ranked(
+            lambda i, q: store.search_hybrid(
+                "c",
+                query_vectors[i],
+                sparse[q],
+                filter=scope,
+                limit=10,
+                candidates=100,
+                rrf_k=60,
+                idf_scope=scope,
+            )
+        )
         for k in (2, 10, 60):
             out[f"rrf_k{k}"] = ranked(
                 lambda i, q, k=k: store.search_hybrid(
@@ -220,6 +238,9 @@ def main() -> None:
     parser.add_argument("--idf-scopes", type=int, default=0, help="synthetic scopes beside SciFact")
     parser.add_argument("--idf-docs", type=int, default=200, help="documents per synthetic scope")
     parser.add_argument("--skip-api", action="store_true", help="the store measurements only")
+    parser.add_argument(
+        "--vectors-cache", type=Path, help="an .npz of the raw vectors: read if there, else written"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "eval_scifact.json")
     args = parser.parse_args()
 
@@ -233,16 +254,22 @@ def main() -> None:
 
     configure_model_threads()  # as the service does: idle OpenMP threads sleep, not spin
     started = time.perf_counter()
-    embedder = create_embedder("sentence_transformer_text")
-    doc_vectors = embedder.embed_texts([d["text"] for d in corpus])
     qids = list(test_queries)
-    query_vectors = embedder.embed_queries([test_queries[q] for q in qids])
+    if args.vectors_cache and args.vectors_cache.exists():
+        cached = np.load(args.vectors_cache)
+        doc_vectors, query_vectors = cached["docs"], cached["queries"]
+    else:
+        embedder = create_embedder("sentence_transformer_text")
+        doc_vectors = embedder.embed_texts([d["text"] for d in corpus])
+        query_vectors = embedder.embed_queries([test_queries[q] for q in qids])
+        del embedder
+        if args.vectors_cache:
+            np.savez(args.vectors_cache, docs=doc_vectors, queries=query_vectors)
     scores = query_vectors @ doc_vectors.T
     top = np.argsort(-scores, axis=1)[:, :10]
     raw_ranked = {qid: [corpus[j]["id"] for j in top[i]] for i, qid in enumerate(qids)}
     raw_ndcg = ndcg_at_k(raw_ranked, qrels)
     raw_s = time.perf_counter() - started
-    del embedder
 
     results: dict[str, Any] = {
         "corpus": len(corpus),

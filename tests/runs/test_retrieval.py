@@ -149,3 +149,23 @@ async def test_models_that_embed_images_refuse_keyword_and_hybrid(
     error = r.json()["error"]
     assert error["field"] == "params.retrieval"
     assert "dense vectors only" in error["message"] and "text-only" in error["message"]
+
+
+async def test_keyword_scores_of_a_scope_ignore_other_tenants(
+    service: Service, api_key: str
+) -> None:
+    """IDF is taken over the scope's own points: another workspace filling the same
+    collection with pump texts changes neither the scores nor the order in this one."""
+    await index(service, api_key)
+    before = await search(service, api_key, "pump motor overheated", retrieval="keyword")
+    other = service.new_key("globex")
+    items = [{"id": f"p{i}", "text": f"pump motor overheated again, unit {i}"} for i in range(40)]
+    r = await service.run(
+        other, {"model": MODEL, "mode": "index", "scope": "kb", "input": {"items": items}}
+    )
+    assert r.status_code == 200, r.text
+    after = await search(service, api_key, "pump motor overheated", retrieval="keyword")
+    assert [h["id"] for h in after["hits"]] == [h["id"] for h in before["hits"]]
+    assert [h["score"] for h in after["hits"]] == pytest.approx(
+        [h["score"] for h in before["hits"]], rel=1e-5
+    )

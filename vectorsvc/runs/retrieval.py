@@ -103,9 +103,12 @@ async def search(
         if not state.collections.exists(model):
             return []
         store, name = state.store, ns.collection
+        # IDF over the scope's own points: a knowledge base's term statistics are its own,
+        # whoever else shares the collection (docs/performance.md, "Hybrid search").
+        idf_scope = ns.tenant_filter
         if ran == "keyword":
             assert sparse is not None
-            return store.search_keyword(name, sparse, filter=flt, limit=limit)
+            return store.search_keyword(name, sparse, filter=flt, limit=limit, idf_scope=idf_scope)
         assert vector is not None
         if ran == "hybrid":
             assert sparse is not None
@@ -117,6 +120,7 @@ async def search(
                 limit=limit,
                 candidates=FUSION_CANDIDATES,
                 rrf_k=RRF_K,
+                idf_scope=idf_scope,
             )
         return store.search(name, vector, filter=flt, limit=limit)
 

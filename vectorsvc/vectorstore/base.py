@@ -166,11 +166,18 @@ class VectorStore(Protocol):
         ...
 
     def search_keyword(
-        self, collection: str, sparse: SparseVector, *, filter: Filter, limit: int
+        self,
+        collection: str,
+        sparse: SparseVector,
+        *,
+        filter: Filter,
+        limit: int,
+        idf_scope: Filter | None = None,
     ) -> list[ScoredPoint]:
         """Points by BM25 score (the dot product of `sparse` with the stored keyword
-        vectors, each term weighted by its IDF over the collection), best first; points
-        sharing no term are left out. The collection must hold keyword vectors."""
+        vectors, each term weighted by its IDF over the points `idf_scope` selects, the
+        whole collection if None), best first; points sharing no term are left out. The
+        collection must hold keyword vectors."""
         ...
 
     def search_hybrid(
@@ -183,10 +190,12 @@ class VectorStore(Protocol):
         limit: int,
         candidates: int,
         rrf_k: int,
+        idf_scope: Filter | None = None,
     ) -> list[ScoredPoint]:
         """One query: the `candidates` best dense hits and the `candidates` best keyword
-        hits (both restricted by `filter`), fused by Reciprocal Rank Fusion: a point's
-        score is the sum over both lists of 1 / (rrf_k + rank), rank counted from 0."""
+        hits (both restricted by `filter`; keyword IDF as in `search_keyword`), fused by
+        Reciprocal Rank Fusion: a point's score is the sum over both lists of
+        1 / (rrf_k + rank), rank counted from 0."""
         ...
 
     def retrieve(self, collection: str, ids: Sequence[str]) -> list[PointRecord]:

@@ -91,6 +91,14 @@ def _sparse(sparse: SparseVector) -> qm.SparseVector:
     return qm.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
 
 
+def _idf_params(idf_scope: Filter | None) -> qm.SearchParams | None:
+    """IDF over the points `idf_scope` selects (Qdrant >= 1.19), else over the collection."""
+    if idf_scope is None:
+        return None
+    corpus = to_qdrant_filter(idf_scope) or qm.Filter()
+    return qm.SearchParams(idf=qm.IdfCorpusParams(corpus=corpus))
+
+
 def _scored(points: Sequence[qm.ScoredPoint]) -> list[ScoredPoint]:
     return [
         ScoredPoint(id=str(p.id), score=float(p.score), payload=_payload(p.payload)) for p in points
@@ -313,7 +321,13 @@ class RemoteVectorStore:
             raise VectorStoreError(f"collection {collection!r} holds no keyword vectors")
 
     def search_keyword(
-        self, collection: str, sparse: SparseVector, *, filter: Filter, limit: int
+        self,
+        collection: str,
+        sparse: SparseVector,
+        *,
+        filter: Filter,
+        limit: int,
+        idf_scope: Filter | None = None,
     ) -> list[ScoredPoint]:
         self._require_sparse(collection)
         with self._errors(collection):
@@ -322,6 +336,7 @@ class RemoteVectorStore:
                 query=_sparse(sparse),
                 using=SPARSE_VECTOR,
                 query_filter=to_qdrant_filter(filter),
+                search_params=_idf_params(idf_scope),
                 limit=limit,
                 with_payload=True,
                 with_vectors=False,
@@ -338,6 +353,7 @@ class RemoteVectorStore:
         limit: int,
         candidates: int,
         rrf_k: int,
+        idf_scope: Filter | None = None,
     ) -> list[ScoredPoint]:
         self._require_sparse(collection)
         query = _as_list(vector)
@@ -349,7 +365,11 @@ class RemoteVectorStore:
                 prefetch=[
                     qm.Prefetch(query=query, using=DENSE_VECTOR, filter=qfilter, limit=candidates),
                     qm.Prefetch(
-                        query=_sparse(sparse), using=SPARSE_VECTOR, filter=qfilter, limit=candidates
+                        query=_sparse(sparse),
+                        using=SPARSE_VECTOR,
+                        filter=qfilter,
+                        params=_idf_params(idf_scope),
+                        limit=candidates,
                     ),
                 ],
                 query=qm.RrfQuery(rrf=qm.Rrf(k=rrf_k)),

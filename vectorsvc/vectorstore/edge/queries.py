@@ -16,6 +16,12 @@ def edge_sparse(sparse: SparseVector) -> qe.SparseVector:
     return qe.SparseVector(list(sparse.indices), list(sparse.values))
 
 
+def idf_params(idf_filter: qe.Filter | None) -> qe.SearchParams | None:
+    """IDF over the points `idf_filter` selects (a tenant's own statistics), else None:
+    over the whole shard."""
+    return None if idf_filter is None else qe.SearchParams(idf=qe.IdfParams(corpus=idf_filter))
+
+
 def dense_request(
     query: list[float], edge_filter: qe.Filter | None, *, limit: int, offset: int
 ) -> qe.QueryRequest:
@@ -30,12 +36,17 @@ def dense_request(
 
 
 def keyword_request(
-    sparse: SparseVector, edge_filter: qe.Filter | None, *, limit: int
+    sparse: SparseVector,
+    edge_filter: qe.Filter | None,
+    *,
+    limit: int,
+    idf_filter: qe.Filter | None,
 ) -> qe.QueryRequest:
     return qe.QueryRequest(
         limit=limit,
         query=qe.Query.Nearest(edge_sparse(sparse), using=SPARSE_VECTOR),
         filter=edge_filter,
+        params=idf_params(idf_filter),
         with_payload=True,
         with_vector=False,
     )
@@ -49,6 +60,7 @@ def hybrid_request(
     limit: int,
     candidates: int,
     rrf_k: int,
+    idf_filter: qe.Filter | None,
 ) -> qe.QueryRequest:
     return qe.QueryRequest(
         limit=limit,
@@ -62,6 +74,7 @@ def hybrid_request(
                 limit=candidates,
                 query=qe.Query.Nearest(edge_sparse(sparse), using=SPARSE_VECTOR),
                 filter=edge_filter,
+                params=idf_params(idf_filter),
             ),
         ],
         query=qe.Fusion.Rrf(k=rrf_k),  # type: ignore[arg-type]  # the .pyi omits Rrf

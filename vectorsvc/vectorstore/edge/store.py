@@ -86,6 +86,12 @@ def _payload(raw: dict[str, Any] | None) -> dict[str, Any]:
     return dict(raw) if raw else {}
 
 
+def _idf_filter(idf_scope: Filter | None) -> qe.Filter | None:
+    if idf_scope is None:
+        return None
+    return to_edge_filter(idf_scope) or qe.Filter(must=[])  # an empty scope: every point
+
+
 class EdgeVectorStore:
     """Qdrant Edge backend: one shard per collection under `root`, aliases in a JSON file.
 
@@ -447,12 +453,19 @@ class EdgeVectorStore:
         return name
 
     def search_keyword(
-        self, collection: str, sparse: SparseVector, *, filter: Filter, limit: int
+        self,
+        collection: str,
+        sparse: SparseVector,
+        *,
+        filter: Filter,
+        limit: int,
+        idf_scope: Filter | None = None,
     ) -> list[ScoredPoint]:
         name = self._sparse_spec(collection)
-        return self._query(
-            name, filter, keyword_request(sparse, to_edge_filter(filter), limit=limit)
+        request = keyword_request(
+            sparse, to_edge_filter(filter), limit=limit, idf_filter=_idf_filter(idf_scope)
         )
+        return self._query(name, filter, request)
 
     def search_hybrid(
         self,
@@ -464,6 +477,7 @@ class EdgeVectorStore:
         limit: int,
         candidates: int,
         rrf_k: int,
+        idf_scope: Filter | None = None,
     ) -> list[ScoredPoint]:
         name = self._sparse_spec(collection)
         query = dense_list(name, self._spec(name).dimension, vector)
@@ -474,6 +488,7 @@ class EdgeVectorStore:
             limit=limit,
             candidates=max(candidates, limit),
             rrf_k=rrf_k,
+            idf_filter=_idf_filter(idf_scope),
         )
         return self._query(name, filter, request)
 
