@@ -125,9 +125,8 @@ def store_fusion(
             words = _vocabulary(corpus, vocabulary, rng)
             next_id = len(corpus) + 1
             for s in range(scopes):
-                texts = [
-                    " ".join(rng.choice(words[0], size=60, p=words[1])) for _ in range(per_scope)
-                ]
+                drawn = rng.choice(words[0], size=(per_scope, 60), p=words[1])  # one draw
+                texts = [" ".join(row) for row in drawn]
                 vectors = rng.standard_normal((per_scope, doc_vectors.shape[1]), dtype=np.float32)
                 store.upsert(
                     "c",
