@@ -49,6 +49,9 @@ def test_index_search_run_and_account_calls(live: LiveService, key: str) -> None
 
         filtered = client.search(TEXT_MODEL, "docs", text="vector", filter={"y": {"lt": 2020}})
         assert [h.id for h in filtered] == ["pasta"]
+        # BM25 alone: only texts that hold a query word
+        keyword = client.search(TEXT_MODEL, "docs", text="cook pasta", retrieval="keyword")
+        assert [h.id for h in keyword] == ["pasta"] and keyword[0].score > 0
 
         raw = client.run(TEXT_MODEL, input={"texts": ["hello"]})  # mode defaults to execute
         assert raw["status"] == "succeeded" and raw["mode"] == "execute"

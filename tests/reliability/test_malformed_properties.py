@@ -181,7 +181,9 @@ def test_index_metadata_values(target: Target, metadata: str, key: str) -> None:
     assert_handled(target.post("/api/runs", with_raw(body, metadata)))
 
 
-@given(value=FILTER_VALUES, slot=st.sampled_from(["filter", "top_k", "score_threshold"]))
+@given(
+    value=FILTER_VALUES, slot=st.sampled_from(["filter", "top_k", "score_threshold", "retrieval"])
+)
 @PROPERTY
 def test_search_params(target: Target, value: str, slot: str) -> None:
     params: dict[str, Any] = {"filter": {"y": "<raw>"}} if slot == "filter" else {slot: "<raw>"}

@@ -352,8 +352,10 @@ class VectorsvcClient:
         filter: Mapping[str, Any] | None = None,
         *,
         score_threshold: float | None = None,
+        retrieval: str | None = None,
     ) -> list[Hit]:
-        """The `top_k` items of `scope` nearest a text or an uploaded image."""
+        """The `top_k` items of `scope` nearest a text or an uploaded image. `retrieval`:
+        "hybrid", "dense" or "keyword" (text models; None: the model's default)."""
         if (text is None) == (media_ref is None):
             raise ValueError("give exactly one of text or media_ref")
         query: dict[str, Any] = (
@@ -364,6 +366,8 @@ class VectorsvcClient:
             params["filter"] = dict(filter)
         if score_threshold is not None:
             params["score_threshold"] = score_threshold
+        if retrieval is not None:
+            params["retrieval"] = retrieval
         answer = self.run(model, "search", scope=scope, input=query, params=params)
         return [Hit.model_validate(h) for h in (answer.get("output") or {}).get("hits", [])]
 

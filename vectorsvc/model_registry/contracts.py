@@ -198,7 +198,7 @@ def _describe(error: SchemaViolation, prefix: str, path: list[str | int]) -> Vio
         op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
         message = f"must be {op[rule]} {value} (got {instance!r})"
     elif rule == "enum":
-        message = f"must be one of: {', '.join(map(str, value))} (got {instance!r})"
+        message = custom or f"must be one of: {', '.join(map(str, value))} (got {instance!r})"
     elif rule == "const":
         message = f"must be {value!r}"
     elif rule in _CUSTOM_MESSAGE_RULES and custom:

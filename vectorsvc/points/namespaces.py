@@ -17,6 +17,7 @@ from typing import NewType
 
 from vectorsvc.errors import ValidationFailed
 from vectorsvc.model_registry.registry import ModelSpec
+from vectorsvc.points.sparse import has_keywords
 from vectorsvc.vectorstore.base import CollectionSpec, Filter, MatchValue
 
 SCOPE_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -175,4 +176,5 @@ def collection_spec(model: ModelSpec, name: str | None = None) -> CollectionSpec
         tenant_key=TENANT_FIELD,
         keyword_fields=(WORKSPACE_FIELD, SCOPE_FIELD, ID_FIELD),
         float_fields=(CHUNK_FIELD,),  # items are chunk 0 of each (`points.chunks.heads`)
+        sparse=has_keywords(model),
     )

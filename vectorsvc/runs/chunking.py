@@ -27,6 +27,7 @@ from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.points.chunks import Chunk, chunk_hash, chunks_of, read_chunk
 from vectorsvc.points.namespaces import Namespace
 from vectorsvc.points.payload import point_payload
+from vectorsvc.points.sparse import document_vector, has_keywords
 from vectorsvc.runs.content import Content, Prepared, TextContent
 from vectorsvc.runs.inputs import IndexItem
 from vectorsvc.state import AppState
@@ -152,13 +153,15 @@ def chunk_points(
     failed: set[int],
     run_id: str,
 ) -> list[PointRecord]:
-    """The points of the planned items, chunk 0 of each first; `vectors[row]` is the
+    """The points of the planned items, chunk 0 of each first (a text model's with its
+    keyword vector); `vectors[row]` is the
     embedding of `plan.embed_at[row]`; items in `failed` (indexes into `plan.items`) are
     left out."""
     for row, (k, n) in enumerate(plan.embed_at):
         if k not in failed:
             plan.items[k].vectors[n] = vectors[row]
     now = datetime.now(UTC).isoformat()
+    keywords = has_keywords(model)  # each chunk's BM25 vector beside its dense one
     heads: list[PointRecord] = []
     tails: list[PointRecord] = []
     for k, planned in enumerate(plan.items):
@@ -170,6 +173,7 @@ def chunk_points(
             point = PointRecord(
                 id=ns.chunk_point_id(item.id, chunk.number),
                 vector=vector,
+                sparse=document_vector(text) if keywords and text is not None else None,
                 payload=point_payload(
                     ns,
                     item_id=item.id,

@@ -160,3 +160,4 @@ class SearchParams(_Parsed):
     top_k: int = 10
     filter: dict[str, Any] | None = None
     score_threshold: float | None = None
+    retrieval: str | None = None  # the contract's enum; absent: its default

@@ -20,12 +20,11 @@ from vectorsvc.billing.money import format_credits
 from vectorsvc.billing.service import PendingCharge, quote
 from vectorsvc.errors import ServiceError, ValidationFailed
 from vectorsvc.model_registry.pricing import Usage
-from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.points.chunks import item_filter
-from vectorsvc.points.grouping import item_hit_public, search_items
+from vectorsvc.points.grouping import item_hit_public
 from vectorsvc.points.metadata import parse_metadata_filter
-from vectorsvc.points.namespaces import Namespace
 from vectorsvc.points.store import delete_and_recount
+from vectorsvc.runs import retrieval
 from vectorsvc.runs.background import BackgroundRuns
 from vectorsvc.runs.content import (
     Content,
@@ -47,7 +46,6 @@ from vectorsvc.runs.pipeline import ItemBatch, index_items
 from vectorsvc.runs.schemas import RunRequest, RunResponse, RunStatusPublic, RunUsage
 from vectorsvc.runs.writes import charge_run
 from vectorsvc.state import AppState
-from vectorsvc.vectorstore.base import Filter, ScoredPoint, Vector
 
 Output = tuple[dict[str, Any], RunUsage]
 
@@ -247,44 +245,28 @@ async def _search(ctx: RunContext) -> Output:
         if data.text is not None
         else ImageContent(_media(data.image), "input.image")
     )
+    wanted = retrieval.requested(ctx.model, params.retrieval)
     async with _paid_after(ctx, Usage(queries=1)) as cost:
-        vector = (
-            await embed_contents(
-                ctx.state,
-                model=ctx.model,
-                workspace_id=ctx.workspace_id,
-                contents=[query],
-                purpose="query",
-            )
-        )[0]
-        # One hit per item, scored by its best chunk: candidates grouped by item.
-        search_store = partial(
-            search_items, partial(_query, ctx.state, ctx.model, ns, vector, flt), params.top_k
+        ranked = await retrieval.search(
+            ctx.state,
+            model=ctx.model,
+            ns=ns,
+            query=query,
+            flt=flt,
+            limit=params.top_k,
+            wanted=wanted,
         )
-        # The embedded engine's search is a short call that holds the GIL anyway: on the
-        # event loop it costs less than the hop to a worker thread and back.
-        if ctx.state.store.search_inline(ns.collection):
-            hits = search_store()
-        else:
-            hits = await anyio.to_thread.run_sync(search_store)
     return (
         {
             "hits": [
                 item_hit_public(hit)
-                for hit in hits
+                for hit in ranked.hits
                 if params.score_threshold is None or hit.score >= params.score_threshold
-            ]
+            ],
+            "retrieval": ranked.retrieval,
         },
         RunUsage(queries=1, cost=cost),
     )
-
-
-def _query(
-    state: AppState, model: ModelSpec, ns: Namespace, vector: Vector, flt: Filter, limit: int
-) -> list[ScoredPoint]:
-    if not state.collections.exists(ns):
-        return []
-    return state.store.search(ns.collection, vector, filter=flt, limit=limit)
 
 
 async def _delete(ctx: RunContext) -> Output:

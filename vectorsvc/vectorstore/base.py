@@ -71,12 +71,22 @@ class Filter:
 
 
 @dataclass(frozen=True)
+class SparseVector:
+    """A sparse vector: term ids (hashed tokens) and their weights, in step."""
+
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class PointRecord:
-    """A point to write or a point read back. `id` is a UUID string."""
+    """A point to write or a point read back. `id` is a UUID string. `sparse` is its
+    keyword (BM25) vector: written only to a collection that declares one, else dropped."""
 
     id: str
     payload: Payload
     vector: Vector | None = None
+    sparse: SparseVector | None = None
 
 
 @dataclass(frozen=True)
@@ -94,10 +104,12 @@ class ScrollPage:
 
 @dataclass(frozen=True)
 class CollectionSpec:
-    """What a collection holds: one dense vector per point, cosine distance.
+    """What a collection holds: one dense vector per point, cosine distance, and, when
+    `sparse`, a keyword vector beside it (BM25 term weights; the engine applies IDF).
 
     `tenant_key` is the payload field indexed as a keyword with `is_tenant=True`;
     `keyword_fields` get plain keyword indexes, `datetime_fields`/`float_fields` likewise.
+    `sparse` is fixed when the collection is created: an older collection keeps none.
     """
 
     name: str
@@ -106,6 +118,7 @@ class CollectionSpec:
     keyword_fields: tuple[str, ...] = ()
     float_fields: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    sparse: bool = False
 
 
 @runtime_checkable
@@ -154,6 +167,43 @@ class VectorStore(Protocol):
         offset: int = 0,
     ) -> list[ScoredPoint]:
         """Nearest points by cosine similarity, best first, restricted by `filter`."""
+
+    def has_sparse(self, collection: str) -> bool:
+        """Whether the collection (or the one an alias names) holds keyword vectors."""
+        ...
+
+    def search_keyword(
+        self,
+        collection: str,
+        sparse: SparseVector,
+        *,
+        filter: Filter,
+        limit: int,
+        idf_scope: Filter | None = None,
+    ) -> list[ScoredPoint]:
+        """Points by BM25 score (the dot product of `sparse` with the stored keyword
+        vectors, each term weighted by its IDF over the points `idf_scope` selects, the
+        whole collection if None), best first; points sharing no term are left out. The
+        collection must hold keyword vectors."""
+        ...
+
+    def search_hybrid(
+        self,
+        collection: str,
+        vector: Vector,
+        sparse: SparseVector,
+        *,
+        filter: Filter,
+        limit: int,
+        candidates: int,
+        rrf_k: int,
+        idf_scope: Filter | None = None,
+    ) -> list[ScoredPoint]:
+        """One query: the `candidates` best dense hits and the `candidates` best keyword
+        hits (both restricted by `filter`; keyword IDF as in `search_keyword`), fused by
+        Reciprocal Rank Fusion: a point's score is the sum over both lists of
+        1 / (rrf_k + rank), rank counted from 0."""
+        ...
 
     def retrieve(
         self, collection: str, ids: Sequence[str], *, with_vectors: bool = False

@@ -17,6 +17,8 @@ from vectorsvc.vectorstore.base import DimensionMismatch, Vector
 # The one dense vector every collection holds. Named (not the default "") so a later
 # sparse/hybrid vector can be added next to it without renaming anything.
 DENSE_VECTOR = "dense"
+# The keyword (BM25) sparse vector beside it, in collections created with one.
+SPARSE_VECTOR = "bm25"
 
 
 def canonical_id(point_id: str) -> str:

@@ -29,11 +29,13 @@ from vectorsvc.vectorstore.base import (
     Range,
     ScoredPoint,
     ScrollPage,
+    SparseVector,
     Vector,
     VectorStoreError,
 )
 from vectorsvc.vectorstore.filters import (
     DENSE_VECTOR,
+    SPARSE_VECTOR,
     canonical_id,
     canonical_ids,
     facet_key,
@@ -95,6 +97,24 @@ def _payload(raw: dict[str, Any] | None) -> dict[str, Any]:
     return dict(raw) if raw else {}
 
 
+def _sparse(sparse: SparseVector) -> qm.SparseVector:
+    return qm.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
+
+
+def _idf_params(idf_scope: Filter | None) -> qm.SearchParams | None:
+    """IDF over the points `idf_scope` selects (Qdrant >= 1.19), else over the collection."""
+    if idf_scope is None:
+        return None
+    corpus = to_qdrant_filter(idf_scope) or qm.Filter()
+    return qm.SearchParams(idf=qm.IdfCorpusParams(corpus=corpus))
+
+
+def _scored(points: Sequence[qm.ScoredPoint]) -> list[ScoredPoint]:
+    return [
+        ScoredPoint(id=str(p.id), score=float(p.score), payload=_payload(p.payload)) for p in points
+    ]
+
+
 def _index_plan(spec: CollectionSpec) -> dict[str, qm.PayloadSchemaType | qm.KeywordIndexParams]:
     """field -> index schema. The tenant key wins if also listed as a keyword field."""
     plan: dict[str, qm.PayloadSchemaType | qm.KeywordIndexParams] = {}
@@ -120,6 +140,10 @@ class RemoteVectorStore:
         self._client = client
         self._lock = threading.Lock()
         self._write_locks: dict[str, threading.Lock] = {}
+        # name -> whether it holds keyword vectors, asked once: a collection's vectors are
+        # fixed at creation, and the service names collections (not aliases) in writes
+        # and searches.
+        self._sparse: dict[str, bool] = {}
 
     def search_inline(self, collection: str) -> bool:
         return False  # HTTP or gRPC to the server: always from a worker thread
@@ -194,6 +218,12 @@ class RemoteVectorStore:
                             size=spec.dimension, distance=qm.Distance.COSINE
                         )
                     },
+                    # BM25 term weights made by the service; the server applies IDF.
+                    sparse_vectors_config=(
+                        {SPARSE_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)}
+                        if spec.sparse
+                        else None
+                    ),
                 )
             except Exception:
                 # Lost a creation race to another process: fine if it now exists.
@@ -249,20 +279,22 @@ class RemoteVectorStore:
     def upsert(self, collection: str, points: Sequence[PointRecord]) -> None:
         structs: list[qm.PointStruct] = []
         dims: list[int] = []
+        if not points:
+            return
+        with_sparse = any(p.sparse is not None for p in points) and self.has_sparse(collection)
         for point in points:
             if point.vector is None:
                 raise VectorStoreError(f"point {point.id} has no vector")
             values = _as_list(point.vector)
             dims.append(len(values))
+            vectors: dict[str, list[float] | qm.SparseVector] = {DENSE_VECTOR: values}
+            if with_sparse and point.sparse is not None:
+                vectors[SPARSE_VECTOR] = _sparse(point.sparse)
             structs.append(
                 qm.PointStruct(
-                    id=canonical_id(point.id),
-                    vector={DENSE_VECTOR: values},
-                    payload=dict(point.payload),
+                    id=canonical_id(point.id), vector=vectors, payload=dict(point.payload)
                 )
             )
-        if not structs:
-            return
         with self._write_lock(collection), self._errors(collection, sorted(set(dims))):
             self._client.upsert(collection, points=structs, wait=True)
 
@@ -287,10 +319,82 @@ class RemoteVectorStore:
                 with_payload=True,
                 with_vectors=False,
             )
-        return [
-            ScoredPoint(id=str(p.id), score=float(p.score), payload=_payload(p.payload))
-            for p in response.points
-        ]
+        return _scored(response.points)
+
+    def has_sparse(self, collection: str) -> bool:
+        known = self._sparse.get(collection)
+        if known is not None:
+            return known
+        with self._errors(collection):
+            info = self._client.get_collection(collection)
+        sparse = info.config.params.sparse_vectors or {}
+        found = SPARSE_VECTOR in sparse
+        self._sparse[collection] = found
+        return found
+
+    def _require_sparse(self, collection: str) -> None:
+        if not self.has_sparse(collection):
+            raise VectorStoreError(f"collection {collection!r} holds no keyword vectors")
+
+    def search_keyword(
+        self,
+        collection: str,
+        sparse: SparseVector,
+        *,
+        filter: Filter,
+        limit: int,
+        idf_scope: Filter | None = None,
+    ) -> list[ScoredPoint]:
+        self._require_sparse(collection)
+        with self._errors(collection):
+            response = self._client.query_points(
+                collection,
+                query=_sparse(sparse),
+                using=SPARSE_VECTOR,
+                query_filter=to_qdrant_filter(filter),
+                search_params=_idf_params(idf_scope),
+                limit=limit,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return _scored(response.points)
+
+    def search_hybrid(
+        self,
+        collection: str,
+        vector: Vector,
+        sparse: SparseVector,
+        *,
+        filter: Filter,
+        limit: int,
+        candidates: int,
+        rrf_k: int,
+        idf_scope: Filter | None = None,
+    ) -> list[ScoredPoint]:
+        self._require_sparse(collection)
+        query = _as_list(vector)
+        qfilter = to_qdrant_filter(filter)
+        candidates = max(candidates, limit)
+        with self._errors(collection, [len(query)]):
+            response = self._client.query_points(
+                collection,
+                prefetch=[
+                    qm.Prefetch(query=query, using=DENSE_VECTOR, filter=qfilter, limit=candidates),
+                    qm.Prefetch(
+                        query=_sparse(sparse),
+                        using=SPARSE_VECTOR,
+                        filter=qfilter,
+                        params=_idf_params(idf_scope),
+                        limit=candidates,
+                    ),
+                ],
+                query=qm.RrfQuery(rrf=qm.Rrf(k=rrf_k)),
+                query_filter=qfilter,
+                limit=limit,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return _scored(response.points)
 
     def retrieve(
         self, collection: str, ids: Sequence[str], *, with_vectors: bool = False

@@ -71,6 +71,7 @@ def spec_to_json(spec: CollectionSpec) -> dict[str, Any]:
         "keyword_fields": list(spec.keyword_fields),
         "float_fields": list(spec.float_fields),
         "extra": dict(spec.extra),
+        "sparse": spec.sparse,
     }
 
 
@@ -82,11 +83,13 @@ def spec_from_json(data: dict[str, Any]) -> CollectionSpec:
         keyword_fields=tuple(data.get("keyword_fields", ())),
         float_fields=tuple(data.get("float_fields", ())),
         extra=dict(data.get("extra", {})),
+        sparse=bool(data.get("sparse", False)),  # absent: a collection made before them
     )
 
 
 def merge_specs(old: CollectionSpec, new: CollectionSpec) -> CollectionSpec:
-    """Indexes are only ever added, so the persisted spec is the union of both."""
+    """Indexes are only ever added, so the persisted spec is the union of both. The
+    vectors a shard holds are fixed at creation: `sparse` stays what it was."""
     return CollectionSpec(
         name=old.name,
         dimension=old.dimension,
@@ -94,6 +97,7 @@ def merge_specs(old: CollectionSpec, new: CollectionSpec) -> CollectionSpec:
         keyword_fields=tuple(dict.fromkeys(old.keyword_fields + new.keyword_fields)),
         float_fields=tuple(dict.fromkeys(old.float_fields + new.float_fields)),
         extra={**old.extra, **new.extra},
+        sparse=old.sparse,
     )
 
 

@@ -14,7 +14,7 @@ import qdrant_edge as qe
 
 from vectorsvc.vectorstore.base import CollectionSpec
 from vectorsvc.vectorstore.edge.layout import DATATYPE_KEY
-from vectorsvc.vectorstore.filters import DENSE_VECTOR
+from vectorsvc.vectorstore.filters import DENSE_VECTOR, SPARSE_VECTOR
 
 
 def edge_config(spec: CollectionSpec, max_search_threads: int | None) -> qe.EdgeConfig:
@@ -27,6 +27,14 @@ def edge_config(spec: CollectionSpec, max_search_threads: int | None) -> qe.Edge
     # a page fault per vector page on a scope's first search, until warm() has read
     # the files into the page cache.
     half = spec.extra.get(DATATYPE_KEY) == "float16"
+    # The keyword vector: BM25 term weights made by the service, IDF applied by the engine
+    # at query time (over the whole shard). Its inverted index is small (a few terms per
+    # point) and paged in on demand like the rest.
+    sparse = (
+        {SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
+        if spec.sparse
+        else None
+    )
     return qe.EdgeConfig(
         vectors={
             DENSE_VECTOR: qe.EdgeVectorParams(
@@ -36,6 +44,7 @@ def edge_config(spec: CollectionSpec, max_search_threads: int | None) -> qe.Edge
                 datatype=qe.VectorStorageDatatype.Float16 if half else None,
             )
         },
+        sparse_vectors=sparse,
         hnsw_config=qe.HnswIndexConfig(
             m=0, ef_construct=100, full_scan_threshold=10_000, payload_m=0
         ),

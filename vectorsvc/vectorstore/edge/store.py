@@ -33,6 +33,7 @@ from vectorsvc.vectorstore.base import (
     PointRecord,
     ScoredPoint,
     ScrollPage,
+    SparseVector,
     Vector,
     VectorStoreError,
 )
@@ -59,9 +60,16 @@ from vectorsvc.vectorstore.edge.payloads import (
     is_unreadable_payload,
     stand_in_payload,
 )
+from vectorsvc.vectorstore.edge.queries import (
+    dense_request,
+    edge_sparse,
+    hybrid_request,
+    keyword_request,
+)
 from vectorsvc.vectorstore.edge.shards import add_indexes, edge_config
 from vectorsvc.vectorstore.filters import (
     DENSE_VECTOR,
+    SPARSE_VECTOR,
     canonical_id,
     canonical_ids,
     dense_list,
@@ -84,6 +92,12 @@ def _edge_vector(raw: object) -> Vector | None:
 
 def _payload(raw: dict[str, Any] | None) -> dict[str, Any]:
     return dict(raw) if raw else {}
+
+
+def _idf_filter(idf_scope: Filter | None) -> qe.Filter | None:
+    if idf_scope is None:
+        return None
+    return to_edge_filter(idf_scope) or qe.Filter(must=[])  # an empty scope: every point
 
 
 class EdgeVectorStore:
@@ -423,18 +437,15 @@ class EdgeVectorStore:
 
     def upsert(self, collection: str, points: Sequence[PointRecord]) -> None:
         name = self._resolve(collection)
-        dimension = self._spec(name).dimension
+        spec = self._spec(name)
         edge_points = []
         for point in points:
             if point.vector is None:
                 raise VectorStoreError(f"point {point.id} has no vector")
-            edge_points.append(
-                qe.Point(
-                    canonical_id(point.id),
-                    {DENSE_VECTOR: dense_list(name, dimension, point.vector)},
-                    dict(point.payload),
-                )
-            )
+            vectors: dict[str, Any] = {DENSE_VECTOR: dense_list(name, spec.dimension, point.vector)}
+            if spec.sparse and point.sparse is not None:
+                vectors[SPARSE_VECTOR] = edge_sparse(point.sparse)
+            edge_points.append(qe.Point(canonical_id(point.id), vectors, dict(point.payload)))
         if not edge_points:
             return
         shard = self._shard(name)
@@ -452,14 +463,61 @@ class EdgeVectorStore:
     ) -> list[ScoredPoint]:
         name = self._resolve(collection)
         query = dense_list(name, self._spec(name).dimension, vector)
-        request = qe.QueryRequest(
-            limit=limit,
-            offset=offset,
-            query=qe.Query.Nearest(query, using=DENSE_VECTOR),
-            filter=to_edge_filter(filter),
-            with_payload=True,
-            with_vector=False,
+        edge_filter = to_edge_filter(filter)
+        return self._query(
+            name, filter, dense_request(query, edge_filter, limit=limit, offset=offset)
         )
+
+    def has_sparse(self, collection: str) -> bool:
+        return self._spec(self._resolve(collection)).sparse
+
+    def _sparse_spec(self, collection: str) -> str:
+        name = self._resolve(collection)
+        if not self._spec(name).sparse:
+            raise VectorStoreError(f"collection {name!r} holds no keyword vectors")
+        return name
+
+    def search_keyword(
+        self,
+        collection: str,
+        sparse: SparseVector,
+        *,
+        filter: Filter,
+        limit: int,
+        idf_scope: Filter | None = None,
+    ) -> list[ScoredPoint]:
+        name = self._sparse_spec(collection)
+        request = keyword_request(
+            sparse, to_edge_filter(filter), limit=limit, idf_filter=_idf_filter(idf_scope)
+        )
+        return self._query(name, filter, request)
+
+    def search_hybrid(
+        self,
+        collection: str,
+        vector: Vector,
+        sparse: SparseVector,
+        *,
+        filter: Filter,
+        limit: int,
+        candidates: int,
+        rrf_k: int,
+        idf_scope: Filter | None = None,
+    ) -> list[ScoredPoint]:
+        name = self._sparse_spec(collection)
+        query = dense_list(name, self._spec(name).dimension, vector)
+        request = hybrid_request(
+            query,
+            sparse,
+            to_edge_filter(filter),
+            limit=limit,
+            candidates=max(candidates, limit),
+            rrf_k=rrf_k,
+            idf_filter=_idf_filter(idf_scope),
+        )
+        return self._query(name, filter, request)
+
+    def _query(self, name: str, filter: Filter, request: qe.QueryRequest) -> list[ScoredPoint]:
         shard = self._shard(name)
         try:
             hits = shard.query(request)

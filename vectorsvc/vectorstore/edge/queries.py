@@ -1,0 +1,84 @@
+"""The Edge query requests: dense, keyword (sparse) and hybrid (both, fused in one query).
+
+A hybrid query is one `QueryRequest`: a dense prefetch and a keyword prefetch, each
+restricted by the same filter, fused by Reciprocal Rank Fusion in the engine.
+"""
+
+from __future__ import annotations
+
+import qdrant_edge as qe
+
+from vectorsvc.vectorstore.base import SparseVector
+from vectorsvc.vectorstore.filters import DENSE_VECTOR, SPARSE_VECTOR
+
+
+def edge_sparse(sparse: SparseVector) -> qe.SparseVector:
+    return qe.SparseVector(list(sparse.indices), list(sparse.values))
+
+
+def idf_params(idf_filter: qe.Filter | None) -> qe.SearchParams | None:
+    """IDF over the points `idf_filter` selects (a tenant's own statistics), else None:
+    over the whole shard."""
+    return None if idf_filter is None else qe.SearchParams(idf=qe.IdfParams(corpus=idf_filter))
+
+
+def dense_request(
+    query: list[float], edge_filter: qe.Filter | None, *, limit: int, offset: int
+) -> qe.QueryRequest:
+    return qe.QueryRequest(
+        limit=limit,
+        offset=offset,
+        query=qe.Query.Nearest(query, using=DENSE_VECTOR),
+        filter=edge_filter,
+        with_payload=True,
+        with_vector=False,
+    )
+
+
+def keyword_request(
+    sparse: SparseVector,
+    edge_filter: qe.Filter | None,
+    *,
+    limit: int,
+    idf_filter: qe.Filter | None,
+) -> qe.QueryRequest:
+    return qe.QueryRequest(
+        limit=limit,
+        query=qe.Query.Nearest(edge_sparse(sparse), using=SPARSE_VECTOR),
+        filter=edge_filter,
+        params=idf_params(idf_filter),
+        with_payload=True,
+        with_vector=False,
+    )
+
+
+def hybrid_request(
+    query: list[float],
+    sparse: SparseVector,
+    edge_filter: qe.Filter | None,
+    *,
+    limit: int,
+    candidates: int,
+    rrf_k: int,
+    idf_filter: qe.Filter | None,
+) -> qe.QueryRequest:
+    return qe.QueryRequest(
+        limit=limit,
+        prefetches=[
+            qe.Prefetch(
+                limit=candidates,
+                query=qe.Query.Nearest(query, using=DENSE_VECTOR),
+                filter=edge_filter,
+            ),
+            qe.Prefetch(
+                limit=candidates,
+                query=qe.Query.Nearest(edge_sparse(sparse), using=SPARSE_VECTOR),
+                filter=edge_filter,
+                params=idf_params(idf_filter),
+            ),
+        ],
+        query=qe.Fusion.Rrf(k=rrf_k),  # type: ignore[arg-type]  # the .pyi omits Rrf
+        filter=edge_filter,
+        with_payload=True,
+        with_vector=False,
+    )
