@@ -147,9 +147,11 @@ def embedder_loader(
     real = default_loader(str(models_dir), 64)
 
     def load(spec: ModelSpec) -> Embedder:
-        if spec.slug not in embedder_cache:
-            embedder_cache[spec.slug] = real(spec)
-        return embedder_cache[spec.slug]
+        # By slug and embedder: tests publish one slug from different local weights.
+        key = f"{spec.slug}\x1f{spec.embedder.model_dump_json()}"
+        if key not in embedder_cache:
+            embedder_cache[key] = real(spec)
+        return embedder_cache[key]
 
     return load
 

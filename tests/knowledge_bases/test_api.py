@@ -45,7 +45,7 @@ async def test_listing_groups_by_model_collection_and_scope(service: Service, ap
     assert entries["beta"]["point_count"] == 3
     for e in data["data"]:
         assert e["model"] == MODEL
-        assert e["collection"] == "vs__all-minilm-l6-v2__r1"
+        assert e["collection"] == "vs__all-minilm-l6-v2__r2"
         assert e["modality"] == "text"
         assert e["approx_bytes"] > e["point_count"] * 384 * 4
         assert e["last_write_at"]

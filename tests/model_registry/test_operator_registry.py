@@ -298,11 +298,12 @@ async def test_an_operator_publishes_a_model_from_a_local_folder(
         state = service.app.state.vectorsvc
         spec = state.registry.get(SLUG)
         collections = state.store.list_collections()
-        assert collection_name(spec) == f"vs__{SLUG}__r1"
+        assert collection_name(spec) == f"vs__{SLUG}__r{spec.release}"
         assert collection_name(spec) in collections
         assert alias_name(spec) == f"vs__{SLUG}"
         # Only the new slug was written to: no MiniLM collection stands in for it.
         assert not any("all-minilm" in name for name in collections)
 
     # Loaded from the operator's folder, not the package nor the hub.
-    assert embedder_cache[SLUG].source == f"folder {team_weights}"  # type: ignore[attr-defined]
+    (loaded,) = [e for k, e in embedder_cache.items() if k.startswith(f"{SLUG}\x1f")]
+    assert loaded.source == f"folder {team_weights}"  # type: ignore[attr-defined]

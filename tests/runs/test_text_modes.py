@@ -91,7 +91,7 @@ async def test_search_ranks_the_relevant_document_first(service: Service, api_ke
         "updated": 0,
         "skipped": 0,
     }
-    assert out["collection"] == "vs__all-minilm-l6-v2__r1"
+    assert out["collection"] == "vs__all-minilm-l6-v2__r2"
     cases = {
         "which database stores vectors for nearest neighbour search?": "qdrant",
         "why does the sea level rise and fall each day": "tides",
