@@ -31,11 +31,12 @@ from vectorsvc.billing import service as billing
 from vectorsvc.db.tables import BackgroundRun, PendingWrite
 from vectorsvc.model_registry.registry import ModelSpec
 from vectorsvc.runs import writes
+from vectorsvc.runs.chunking import chunk_points, plan_chunks
 from vectorsvc.runs.content import embed_prepared, prepare
 from vectorsvc.runs.gate import run_context
 from vectorsvc.runs.inputs import IndexItem
 from vectorsvc.runs.intents import ChunkProgress, WriteIntent
-from vectorsvc.runs.pipeline import build_points, item_contents, plan_index
+from vectorsvc.runs.pipeline import item_contents, plan_index
 from vectorsvc.runs.schemas import RunRequest
 
 pytestmark = pytest.mark.anyio
@@ -68,11 +69,20 @@ async def write_without_charge(
         state, model=ctx.model, workspace_id=ctx.workspace_id, contents=item_contents(parsed)
     )
     plan = plan_index(state, ctx.model, ctx.ns, parsed, prepared, run_id, range(len(parsed)))
+    chunked = await plan_chunks(
+        state,
+        model=ctx.model,
+        ns=ctx.ns,
+        items=parsed,
+        prepared=prepared,
+        indexes=plan.to_embed,
+        stored_counts=plan.stored_chunks,
+    )
     vectors, failures = await embed_prepared(
-        state, model=ctx.model, prepared=prepared, indexes=plan.to_embed, purpose="document"
+        state, model=ctx.model, prepared=chunked.embed, purpose="document"
     )
     assert not failures
-    points = build_points(ctx.ns, parsed, plan, plan.to_embed, vectors, run_id)
+    points = chunk_points(ctx.model, ctx.ns, parsed, chunked, plan.hashes, vectors, set(), run_id)
     intent = WriteIntent(
         key=key or run_id,
         writer=run_id,
