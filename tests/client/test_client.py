@@ -52,6 +52,9 @@ def test_index_search_run_and_account_calls(live: LiveService, key: str) -> None
         # BM25 alone: only texts that hold a query word
         keyword = client.search(TEXT_MODEL, "docs", text="cook pasta", retrieval="keyword")
         assert [h.id for h in keyword] == ["pasta"] and keyword[0].score > 0
+        # Hybrid fused by DBSF: each list's scores normalized (a list of one hit: 0.5)
+        fused = client.search(TEXT_MODEL, "docs", text="cook pasta", fusion="dbsf")
+        assert fused[0].id == "pasta" and 1.0 < fused[0].score < 2.0
 
         raw = client.run(TEXT_MODEL, input={"texts": ["hello"]})  # mode defaults to execute
         assert raw["status"] == "succeeded" and raw["mode"] == "execute"

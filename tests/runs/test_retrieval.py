@@ -1,12 +1,13 @@
-"""Search retrievals through the API: dense, keyword (BM25) and hybrid, on the real MiniLM
-and the real Qdrant Edge engine; the fallback for a collection without keyword vectors;
-the 422 for image models."""
+"""Search retrievals through the API: dense, keyword (BM25) and hybrid (fused by RRF or
+DBSF), on the real MiniLM and the real Qdrant Edge engine; the fallback for a collection
+without keyword vectors; the 422s for image models and for a fusion without hybrid."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.harness import Service
@@ -78,21 +79,58 @@ async def test_hybrid_is_the_default_and_fuses_both(service: Service, api_key: s
     assert all(-1 <= h["score"] <= 1 for h in dense["hits"])
 
 
-@pytest.mark.parametrize("retrieval", ["dense", "keyword", "hybrid"])
+def dbsf(*lists: list[dict[str, Any]]) -> dict[str, float]:
+    """Distribution-Based Score Fusion of API hit lists: each list's scores mapped by
+    (score - (mean - 3 sd)) / (6 sd), sd the sample standard deviation, then summed."""
+    fused: dict[str, float] = {}
+    for hits in lists:
+        scores = np.array([h["score"] for h in hits])
+        low, sd = scores.mean() - 3 * scores.std(ddof=1), scores.std(ddof=1)
+        for h in hits:
+            fused[h["id"]] = fused.get(h["id"], 0.0) + float((h["score"] - low) / (6 * sd))
+    return fused
+
+
+async def test_hybrid_fused_by_dbsf_sums_each_lists_normalized_scores(
+    service: Service, api_key: str
+) -> None:
+    await index(service, api_key)
+    text = "pump stopped because the valve was closed"
+    out = await search(service, api_key, text, fusion="dbsf")
+    assert out["retrieval"] == "hybrid"
+    # Every text of the scope is a dense candidate; those sharing a word, keyword ones.
+    dense = (await search(service, api_key, text, retrieval="dense"))["hits"]
+    keyword = (await search(service, api_key, text, retrieval="keyword"))["hits"]
+    assert len(dense) == len(DOCS) and 1 < len(keyword) < len(DOCS)
+    want = dbsf(dense, keyword)
+    assert {h["id"]: h["score"] for h in out["hits"]} == pytest.approx(want, rel=1e-4)
+    assert [h["id"] for h in out["hits"]][0] == max(want, key=want.__getitem__) == "e1"
+    assert out["hits"][0]["score"] > 1  # not an RRF score (at most 2/60)
+    rrf = await search(service, api_key, text, retrieval="hybrid", fusion="rrf")
+    default = await search(service, api_key, text)  # rrf stays the default
+    assert {h["id"]: h["score"] for h in default["hits"]} == pytest.approx(
+        {h["id"]: h["score"] for h in rrf["hits"]}, rel=1e-6
+    )
+    assert rrf["hits"][0]["score"] == pytest.approx(2 / 60, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("retrieval", "fusion"),
+    [("dense", None), ("keyword", None), ("hybrid", None), ("hybrid", "dbsf")],
+)
 async def test_filter_and_score_threshold_hold_in_every_retrieval(
-    service: Service, api_key: str, retrieval: str
+    service: Service, api_key: str, retrieval: str, fusion: str | None
 ) -> None:
     await index(service, api_key)
     text = "pump stopped error"
-    out = await search(service, api_key, text, retrieval=retrieval, filter={"topic": "pumps"})
+    how: dict[str, Any] = {"retrieval": retrieval} | ({"fusion": fusion} if fusion else {})
+    out = await search(service, api_key, text, **how, filter={"topic": "pumps"})
     assert {h["id"] for h in out["hits"]} == {"e1", "e2"}
-    scores = [
-        h["score"] for h in (await search(service, api_key, text, retrieval=retrieval))["hits"]
-    ]
+    scores = [h["score"] for h in (await search(service, api_key, text, **how))["hits"]]
     # Between the best score and the next lower one (fused ranks can tie).
     below = next(i for i, score in enumerate(scores) if score < scores[0])
     threshold = (scores[0] + scores[below]) / 2
-    kept = await search(service, api_key, text, retrieval=retrieval, score_threshold=threshold)
+    kept = await search(service, api_key, text, **how, score_threshold=threshold)
     assert [h["score"] for h in kept["hits"]] == scores[:below]
 
 
@@ -111,10 +149,8 @@ async def test_a_collection_without_keyword_vectors_answers_dense(
     model = state.registry.get(MODEL)
     state.store.ensure_collection(replace(namespaces.collection_spec(model), sparse=False))
     await index(service, api_key)
-    for retrieval in ("keyword", "hybrid"):
-        out = await search(
-            service, api_key, "which errors come from the pump?", retrieval=retrieval
-        )
+    for how in ({"retrieval": "keyword"}, {"retrieval": "hybrid"}, {"fusion": "dbsf"}):
+        out = await search(service, api_key, "which errors come from the pump?", **how)
         assert out["retrieval"] == "dense"
         assert out["hits"] and all(-1 <= h["score"] <= 1 for h in out["hits"])
 
@@ -130,6 +166,27 @@ async def test_unknown_retrieval_is_refused(service: Service, api_key: str) -> N
     error = await search(service, api_key, "q", status=422, retrieval="bm25")
     assert error["field"] == "params.retrieval"
     assert all(name in error["message"] for name in ("hybrid", "dense", "keyword"))
+
+
+@pytest.mark.parametrize("retrieval", ["dense", "keyword"])
+async def test_a_fusion_without_hybrid_retrieval_is_refused(
+    service: Service, api_key: str, retrieval: str
+) -> None:
+    await index(service, api_key)
+    for fusion in ("rrf", "dbsf"):
+        error = await search(service, api_key, "q", status=422, retrieval=retrieval, fusion=fusion)
+        assert (error["code"], error["field"]) == ("fusion_needs_hybrid", "params.fusion")
+        assert "hybrid" in error["message"] and retrieval in error["message"]
+
+
+@pytest.mark.parametrize("fusion", ["dbfs", "RRF", "", 60, None])
+async def test_unknown_fusion_is_refused(service: Service, api_key: str, fusion: Any) -> None:
+    error = await search(service, api_key, "q", status=422, fusion=fusion)
+    assert (error["code"], error["field"]) == ("validation_error", "params.fusion")
+    if isinstance(fusion, str):
+        assert "rrf" in error["message"] and "dbsf" in error["message"]
+    else:
+        assert "must be a string" in error["message"]
 
 
 @pytest.mark.parametrize("model", ["image-similarity", "clip-vit-b-32"])
@@ -151,6 +208,24 @@ async def test_models_that_embed_images_refuse_keyword_and_hybrid(
     error = r.json()["error"]
     assert error["field"] == "params.retrieval"
     assert "dense vectors only" in error["message"] and "text-only" in error["message"]
+
+
+@pytest.mark.parametrize("model", ["image-similarity", "clip-vit-b-32"])
+async def test_models_that_embed_images_refuse_a_fusion(
+    service: Service, api_key: str, model: str
+) -> None:
+    r = await service.run(
+        api_key,
+        {
+            "model": model,
+            "mode": "search",
+            "scope": "kb",
+            "input": {"image": {"media_ref": "media_0123456789abcdef0123456789abcdef"}},
+            "params": {"fusion": "dbsf"},
+        },
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "params.fusion"
 
 
 async def test_keyword_scores_of_a_scope_ignore_other_tenants(

@@ -1,6 +1,6 @@
 """Keyword (BM25) and hybrid search on every backend: Edge, qdrant-client local mode and
-(when VECTORSVC_TEST_QDRANT_URL is set) a real Qdrant server, against BM25 and RRF worked
-out here from the stored vectors, and against each other."""
+(when VECTORSVC_TEST_QDRANT_URL is set) a real Qdrant server, against BM25, RRF and DBSF
+worked out here from the stored vectors, and against each other."""
 
 from __future__ import annotations
 
@@ -109,6 +109,21 @@ def rrf(lists: list[list[ScoredPoint]], k: int) -> dict[str, float]:
     return fused
 
 
+def dbsf(lists: list[list[ScoredPoint]]) -> dict[str, float]:
+    """Distribution-Based Score Fusion: each list's scores mapped by (score - (mean - 3 sd))
+    / (6 sd), sd the sample standard deviation (0.5 for a single hit or equal scores),
+    summed over the lists."""
+    fused: dict[str, float] = {}
+    for ranked in lists:
+        scores = [hit.score for hit in ranked]
+        sd = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+        low = float(np.mean(scores)) - 3 * sd if scores else 0.0
+        for hit in ranked:
+            normal = 0.5 if sd == 0 else (hit.score - low) / (6 * sd)
+            fused[hit.id] = fused.get(hit.id, 0.0) + normal
+    return fused
+
+
 def by_id(hits: list[ScoredPoint]) -> dict[str, float]:
     return {hit.id: hit.score for hit in hits}
 
@@ -184,6 +199,48 @@ def test_hybrid_search_fuses_dense_and_keyword_by_rrf(h: Harness, text: str, k: 
     }
 
 
+@pytest.mark.parametrize("text", QUERIES)
+@pytest.mark.parametrize("idf_scope", [None, MINE], ids=["shard-idf", "tenant-idf"])
+def test_hybrid_search_fuses_dense_and_keyword_by_dbsf(
+    h: Harness, text: str, idf_scope: Filter | None
+) -> None:
+    name = loaded(h)
+    query = VECTORS[3] + 0.5 * VECTORS[7]
+    sparse = query_vector(text)
+    # Every point of the tenant in the dense list, those sharing a term in the keyword one.
+    dense = h.store.search(name, query, filter=MINE, limit=9)
+    keyword = h.store.search_keyword(name, sparse, filter=MINE, limit=9, idf_scope=idf_scope)
+    hits = h.store.search_hybrid(
+        name,
+        query,
+        sparse,
+        filter=MINE,
+        limit=9,
+        candidates=9,
+        rrf_k=60,
+        idf_scope=idf_scope,
+        fusion="dbsf",
+    )
+    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+    assert all(hit.payload == PAYLOADS[IDS.index(hit.id)] for hit in hits)
+    assert by_id(hits) == pytest.approx(dbsf([dense, keyword]), rel=1e-5)
+    # Not the RRF scores: the fusion asked for is the one that ran.
+    assert by_id(hits) != pytest.approx(rrf([dense, keyword], 60), rel=1e-3)
+
+
+def test_dbsf_of_a_single_keyword_hit_scores_it_one_half(h: Harness) -> None:
+    """A list of one hit has no spread: its hit gets 0.5 (what both engines do)."""
+    name = loaded(h)
+    only = Filter((*MINE.must, HasIds((IDS[5], IDS[6], IDS[7]))))
+    sparse = query_vector("XJ-4471")  # in IDS[6]'s text alone
+    dense = h.store.search(name, VECTORS[1], filter=only, limit=3)
+    hits = h.store.search_hybrid(
+        name, VECTORS[1], sparse, filter=only, limit=3, candidates=3, rrf_k=60, fusion="dbsf"
+    )
+    assert by_id(hits) == pytest.approx(dbsf([dense, [ScoredPoint(IDS[6], 1.0, {})]]), rel=1e-5)
+    assert by_id(hits)[IDS[6]] == pytest.approx(dbsf([dense])[IDS[6]] + 0.5, rel=1e-5)
+
+
 def test_keyword_and_hybrid_never_leak_another_tenant(h: Harness) -> None:
     name = loaded(h)
     foreign = {i for i, p in zip(IDS, PAYLOADS, strict=True) if p[TENANT] == "ws2/a"}
@@ -252,6 +309,16 @@ def test_keyword_and_hybrid_backends_are_congruent(tmp_path: Path) -> None:
                 want_hy = reference.search_hybrid(
                     name, VECTORS[i], sparse, filter=flt, limit=5, candidates=8, rrf_k=60
                 )
+                want_db = reference.search_hybrid(
+                    name,
+                    VECTORS[i],
+                    sparse,
+                    filter=flt,
+                    limit=5,
+                    candidates=8,
+                    rrf_k=60,
+                    fusion="dbsf",
+                )
                 for other, _ in others:
                     got_kw = other.search_keyword(name, sparse, filter=flt, limit=5)
                     assert by_id(got_kw) == pytest.approx(by_id(want_kw), rel=1e-4)
@@ -263,6 +330,17 @@ def test_keyword_and_hybrid_backends_are_congruent(tmp_path: Path) -> None:
                     assert sorted(hit.score for hit in got_hy) == pytest.approx(
                         sorted(hit.score for hit in want_hy), rel=1e-5
                     )
+                    got_db = other.search_hybrid(
+                        name,
+                        VECTORS[i],
+                        sparse,
+                        filter=flt,
+                        limit=5,
+                        candidates=8,
+                        rrf_k=60,
+                        fusion="dbsf",
+                    )
+                    assert by_id(got_db) == pytest.approx(by_id(want_db), rel=1e-4)
     finally:
         for store, teardown in opened:
             if isinstance(store, RemoteVectorStore) and store.client.init_options.get("url"):

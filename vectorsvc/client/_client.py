@@ -353,9 +353,11 @@ class VectorsvcClient:
         *,
         score_threshold: float | None = None,
         retrieval: str | None = None,
+        fusion: str | None = None,
     ) -> list[Hit]:
         """The `top_k` items of `scope` nearest a text or an uploaded image. `retrieval`:
-        "hybrid", "dense" or "keyword" (text models; None: the model's default)."""
+        "hybrid", "dense" or "keyword" (text models; None: the model's default). `fusion`,
+        hybrid only: "rrf" or "dbsf" (None: the model's default)."""
         if (text is None) == (media_ref is None):
             raise ValueError("give exactly one of text or media_ref")
         query: dict[str, Any] = (
@@ -368,6 +370,8 @@ class VectorsvcClient:
             params["score_threshold"] = score_threshold
         if retrieval is not None:
             params["retrieval"] = retrieval
+        if fusion is not None:
+            params["fusion"] = fusion
         answer = self.run(model, "search", scope=scope, input=query, params=params)
         return [Hit.model_validate(h) for h in (answer.get("output") or {}).get("hits", [])]
 

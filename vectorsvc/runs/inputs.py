@@ -161,3 +161,4 @@ class SearchParams(_Parsed):
     filter: dict[str, Any] | None = None
     score_threshold: float | None = None
     retrieval: str | None = None  # the contract's enum; absent: its default
+    fusion: str | None = None  # hybrid only; the contract's enum; absent: its default

@@ -1,9 +1,11 @@
 """A search run's retrieval: dense, keyword (BM25) or hybrid (both, fused in one query).
 
 `params.retrieval` picks it; absent, the model's search contract publishes the default
-(`models.yaml`). Keyword and hybrid need keyword vectors: text-only models store them
-(`points.sparse`), and a collection created before them answers with dense retrieval, so
-a scope keeps serving through a release migration; `Ranked.retrieval` says which ran.
+(`models.yaml`). `params.fusion` picks how hybrid fuses its two lists: Reciprocal Rank
+Fusion ("rrf", the default) or Distribution-Based Score Fusion ("dbsf"). Keyword and
+hybrid need keyword vectors: text-only models store them (`points.sparse`), and a
+collection created before them answers with dense retrieval, so a scope keeps serving
+through a release migration; `Ranked.retrieval` says which ran.
 
 Every retrieval returns the same plain candidate list (`ScoredPoint`, best first, within
 the run's filter), so whatever follows (score threshold, grouping, the output) does not
@@ -13,7 +15,7 @@ depend on it. What a score means in each: docs/architecture.md, "Search".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
 import anyio
 
@@ -24,7 +26,7 @@ from vectorsvc.points.namespaces import Namespace
 from vectorsvc.points.sparse import has_keywords, query_vector
 from vectorsvc.runs.content import Content, TextContent, embed_contents
 from vectorsvc.state import AppState
-from vectorsvc.vectorstore.base import Filter, ScoredPoint
+from vectorsvc.vectorstore.base import FUSIONS, Filter, Fusion, ScoredPoint
 
 Retrieval = Literal["dense", "keyword", "hybrid"]
 RETRIEVALS: tuple[Retrieval, ...] = ("dense", "keyword", "hybrid")
@@ -46,8 +48,7 @@ def requested(model: ModelSpec, value: str | None) -> Retrieval:
     Keyword and hybrid for a model without keyword vectors are a 422 (the packaged
     contracts already refuse them; an operator's registry might not)."""
     if value is None:
-        schema = model.contracts["search"].params.get("properties", {}).get("retrieval", {})
-        value = schema.get("default", "dense") if isinstance(schema, dict) else "dense"
+        value = _default(model, "retrieval", "dense")
     if value not in RETRIEVALS:
         raise ValidationFailed(
             f"params.retrieval: must be one of: {', '.join(RETRIEVALS)} (got {value!r})",
@@ -61,7 +62,36 @@ def requested(model: ModelSpec, value: str | None) -> Retrieval:
             field="params.retrieval",
             code="retrieval_not_supported",
         )
-    return cast(Retrieval, value)
+    return value
+
+
+def _default(model: ModelSpec, param: str, fallback: str) -> str:
+    """The default the model's search contract publishes for `params.<param>`."""
+    schema = model.contracts["search"].params.get("properties", {}).get(param, {})
+    value = schema.get("default", fallback) if isinstance(schema, dict) else fallback
+    return value if isinstance(value, str) else fallback
+
+
+def requested_fusion(model: ModelSpec, value: str | None, wanted: Retrieval) -> Fusion:
+    """How a hybrid search fuses its lists: `value`, else the contract's default. A fusion
+    named for a retrieval other than hybrid is a 422: nothing would be fused."""
+    if value is None:
+        default = _default(model, "fusion", "rrf")
+        return default if default in FUSIONS else "rrf"
+    if value not in FUSIONS:
+        raise ValidationFailed(
+            f"params.fusion: must be one of: {', '.join(FUSIONS)} (got {value!r})",
+            field="params.fusion",
+            code="invalid_fusion",
+        )
+    if wanted != "hybrid":
+        raise ValidationFailed(
+            f"params.fusion: only hybrid retrieval fuses results ({', '.join(FUSIONS)}); "
+            f"leave fusion out of a {wanted} search",
+            field="params.fusion",
+            code="fusion_needs_hybrid",
+        )
+    return value
 
 
 def _effective(state: AppState, model: ModelSpec, ns: Namespace, wanted: Retrieval) -> Retrieval:
@@ -80,6 +110,7 @@ async def search(
     flt: Filter,
     limit: int,
     wanted: Retrieval,
+    fusion: Fusion = "rrf",
 ) -> Ranked:
     """The run's candidates, best first, by the retrieval `wanted` (or dense, see above)."""
     # The embedded engine's calls are short and hold the GIL anyway: on the event loop they
@@ -121,6 +152,7 @@ async def search(
                 candidates=max(FUSION_CANDIDATES, n),
                 rrf_k=RRF_K,
                 idf_scope=idf_scope,
+                fusion=fusion,
             )
         return store.search(name, vector, filter=flt, limit=n)
 

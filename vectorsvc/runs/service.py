@@ -246,6 +246,7 @@ async def _search(ctx: RunContext) -> Output:
         else ImageContent(_media(data.image), "input.image")
     )
     wanted = retrieval.requested(ctx.model, params.retrieval)
+    fusion = retrieval.requested_fusion(ctx.model, params.fusion, wanted)
     async with _paid_after(ctx, Usage(queries=1)) as cost:
         ranked = await retrieval.search(
             ctx.state,
@@ -255,6 +256,7 @@ async def _search(ctx: RunContext) -> Output:
             flt=flt,
             limit=params.top_k,
             wanted=wanted,
+            fusion=fusion,
         )
     return (
         {

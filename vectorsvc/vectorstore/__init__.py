@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from vectorsvc.vectorstore.base import (
+    FUSIONS,
     CollectionNotFound,
     CollectionSpec,
     Condition,
     DimensionMismatch,
     Filter,
+    Fusion,
     HasIds,
     MatchAny,
     MatchValue,
@@ -29,11 +31,13 @@ if TYPE_CHECKING:
     from vectorsvc.config import Settings
 
 __all__ = [
+    "FUSIONS",
     "CollectionNotFound",
     "CollectionSpec",
     "Condition",
     "DimensionMismatch",
     "Filter",
+    "Fusion",
     "HasIds",
     "MatchAny",
     "MatchValue",

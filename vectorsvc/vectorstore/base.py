@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 Vector = npt.NDArray[np.float32]
 Payload = dict[str, Any]
+# How a hybrid query fuses its dense and keyword lists (`VectorStore.search_hybrid`).
+Fusion = Literal["rrf", "dbsf"]
+FUSIONS: tuple[Fusion, ...] = ("rrf", "dbsf")
 
 
 # --- Filters: a small backend-neutral AST ------------------------------------------------
@@ -198,11 +201,15 @@ class VectorStore(Protocol):
         candidates: int,
         rrf_k: int,
         idf_scope: Filter | None = None,
+        fusion: Fusion = "rrf",
     ) -> list[ScoredPoint]:
         """One query: the `candidates` best dense hits and the `candidates` best keyword
-        hits (both restricted by `filter`; keyword IDF as in `search_keyword`), fused by
-        Reciprocal Rank Fusion: a point's score is the sum over both lists of
-        1 / (rrf_k + rank), rank counted from 0."""
+        hits (both restricted by `filter`; keyword IDF as in `search_keyword`), fused in
+        the engine. "rrf", Reciprocal Rank Fusion: a point's score is the sum over both
+        lists of 1 / (rrf_k + rank), rank counted from 0. "dbsf", Distribution-Based Score
+        Fusion (`rrf_k` unused): each list's scores are mapped by (score - (mean - 3 sd)) /
+        (6 sd), sd the sample standard deviation (a list of one hit, or of equal scores,
+        gives 0.5), and summed over both lists."""
         ...
 
     def retrieve(

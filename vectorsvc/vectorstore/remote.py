@@ -22,6 +22,7 @@ from vectorsvc.vectorstore.base import (
     Condition,
     DimensionMismatch,
     Filter,
+    Fusion,
     HasIds,
     MatchAny,
     MatchValue,
@@ -370,8 +371,14 @@ class RemoteVectorStore:
         candidates: int,
         rrf_k: int,
         idf_scope: Filter | None = None,
+        fusion: Fusion = "rrf",
     ) -> list[ScoredPoint]:
         self._require_sparse(collection)
+        fuse: qm.Query = (
+            qm.FusionQuery(fusion=qm.Fusion.DBSF)
+            if fusion == "dbsf"
+            else qm.RrfQuery(rrf=qm.Rrf(k=rrf_k))
+        )
         query = _as_list(vector)
         qfilter = to_qdrant_filter(filter)
         candidates = max(candidates, limit)
@@ -388,7 +395,7 @@ class RemoteVectorStore:
                         limit=candidates,
                     ),
                 ],
-                query=qm.RrfQuery(rrf=qm.Rrf(k=rrf_k)),
+                query=fuse,
                 query_filter=qfilter,
                 limit=limit,
                 with_payload=True,

@@ -1,14 +1,17 @@
 """The Edge query requests: dense, keyword (sparse) and hybrid (both, fused in one query).
 
 A hybrid query is one `QueryRequest`: a dense prefetch and a keyword prefetch, each
-restricted by the same filter, fused by Reciprocal Rank Fusion in the engine.
+restricted by the same filter, fused in the engine by Reciprocal Rank Fusion or by
+Distribution-Based Score Fusion.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import qdrant_edge as qe
 
-from vectorsvc.vectorstore.base import SparseVector
+from vectorsvc.vectorstore.base import Fusion, SparseVector
 from vectorsvc.vectorstore.filters import DENSE_VECTOR, SPARSE_VECTOR
 
 
@@ -61,7 +64,10 @@ def hybrid_request(
     candidates: int,
     rrf_k: int,
     idf_filter: qe.Filter | None,
+    fusion: Fusion = "rrf",
 ) -> qe.QueryRequest:
+    # The .pyi types `query` as `Fusion`, not its variants `Rrf` and `Dbsf`.
+    fuse: Any = qe.Fusion.Dbsf() if fusion == "dbsf" else qe.Fusion.Rrf(k=rrf_k)
     return qe.QueryRequest(
         limit=limit,
         prefetches=[
@@ -77,7 +83,7 @@ def hybrid_request(
                 params=idf_params(idf_filter),
             ),
         ],
-        query=qe.Fusion.Rrf(k=rrf_k),  # type: ignore[arg-type]  # the .pyi omits Rrf
+        query=fuse,
         filter=edge_filter,
         with_payload=True,
         with_vector=False,

@@ -29,6 +29,7 @@ from vectorsvc.vectorstore.base import (
     CollectionSpec,
     DimensionMismatch,
     Filter,
+    Fusion,
     HasIds,
     PointRecord,
     ScoredPoint,
@@ -503,6 +504,7 @@ class EdgeVectorStore:
         candidates: int,
         rrf_k: int,
         idf_scope: Filter | None = None,
+        fusion: Fusion = "rrf",
     ) -> list[ScoredPoint]:
         name = self._sparse_spec(collection)
         query = dense_list(name, self._spec(name).dimension, vector)
@@ -514,6 +516,7 @@ class EdgeVectorStore:
             candidates=max(candidates, limit),
             rrf_k=rrf_k,
             idf_filter=_idf_filter(idf_scope),
+            fusion=fusion,
         )
         return self._query(name, filter, request)
 
