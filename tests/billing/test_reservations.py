@@ -4,6 +4,7 @@ PostgreSQL: several `Funds` on one database stand for several service processes.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -148,6 +149,37 @@ async def test_a_refusal_first_gives_back_what_expired(any_db: Database, funded:
     reservation = await alive.reserve(funded, 10 * PRICE)  # not refused: the dead one's expired
     assert reservation.cost == 10 * PRICE
     await alive.aclose()
+
+
+async def test_a_refusal_waits_for_a_release_the_writer_is_writing(
+    any_db: Database, funded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failed run gives its funds back through the writer. Once the writer has taken that
+    # release out of its queue, and before its transaction commits, the next run of the
+    # same process finds the wallet still held: it must wait for that write, not refuse.
+    writing, gate = threading.Event(), threading.Event()
+    release = reservations.release
+
+    def held_release(db: Database, reservation_ids: list[str]) -> int:
+        writing.set()
+        gate.wait(timeout=30)
+        return release(db, reservation_ids)
+
+    monkeypatch.setattr(reservations, "release", held_release)
+    funds = Funds(any_db, opening_micro_credits=0)
+    failed = await funds.reserve(funded, 10 * PRICE)
+    funds.release(failed)
+    while not writing.is_set():  # the writer holds the release, nothing left queued
+        await asyncio.sleep(0.001)
+    after = asyncio.create_task(funds.reserve(funded, 10 * PRICE))
+    # Code that refuses without waiting answers 402 while the release is still held; code
+    # that waits for it is still waiting. Either way, let the release through then.
+    await asyncio.wait({after}, timeout=1.0)
+    gate.set()
+    reservation = await after
+    assert reservation.cost == 10 * PRICE
+    await funds.aclose()
+    assert audit(any_db, funded)[:3] == (10 * PRICE, 10 * PRICE, 1)
 
 
 async def test_an_unreserved_charge_cannot_take_reserved_funds(

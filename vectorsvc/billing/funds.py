@@ -89,6 +89,7 @@ class Funds:
         self._ttl = timedelta(seconds=reservation_ttl_s)
         self._max_batch = max_batch
         self._ops: list[_Op] = []
+        self._writing = False  # the writer has taken a batch out of `_ops` and not written it
         self._wake = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
@@ -240,6 +241,7 @@ class Funds:
                 await self._wake.wait()
                 continue
             batch, self._ops = self._ops[: self._max_batch], self._ops[self._max_batch :]
+            self._writing = True
             try:
                 await self._write(batch)
             except Exception as exc:  # the charges' runs fail; the rest is tried again
@@ -249,6 +251,8 @@ class Funds:
                         op.done.set_exception(exc)
                 self._ops[:0] = [op for op in batch if not isinstance(op, _Charge)]
                 await asyncio.sleep(1.0)
+            finally:
+                self._writing = False
 
     async def _write(self, batch: list[_Op]) -> None:
         charges = [op.charge for op in batch if isinstance(op, _Charge)]
@@ -311,7 +315,9 @@ class Funds:
             await anyio.to_thread.run_sync(attempt)
 
     async def _before_refusal(self) -> None:
-        if self._ops:
+        # What is queued and what the writer is writing now: a release taken out of the
+        # queue is not stored until its batch commits.
+        if self._ops or self._writing:
             await self.flush()
         await anyio.to_thread.run_sync(reservations.release_expired, self._db)
 
