@@ -9,7 +9,7 @@ import anyio
 from fastapi import APIRouter, Query
 
 from vectorsvc.auth.dependencies import CurrentCaller
-from vectorsvc.billing import service
+from vectorsvc.billing import service, usage
 from vectorsvc.billing.money import format_credits
 from vectorsvc.billing.schemas import UsageGroup, UsageSummaryPublic, UsageTotals, WalletPublic
 from vectorsvc.errors import ERROR_RESPONSES
@@ -62,10 +62,10 @@ async def usage_summary(
     ] = None,
     group_by: Annotated[str | None, Query(max_length=16, description="model, mode or day")] = None,
 ) -> UsageSummaryPublic:
-    query = service.parse_summary_query(start=start, end=end, group_by=group_by)
+    query = usage.parse_summary_query(start=start, end=end, group_by=group_by)
     await state.funds.flush()
     totals, groups, platform_runs = await anyio.to_thread.run_sync(
-        partial(service.usage_summary, state.db, workspace_id=caller.workspace_id, query=query)
+        partial(usage.usage_summary, state.db, workspace_id=caller.workspace_id, query=query)
     )
     return UsageSummaryPublic(
         workspace_id=caller.workspace_id,
@@ -78,7 +78,7 @@ async def usage_summary(
     )
 
 
-def _totals(row: service.UsageRow) -> UsageTotals:
+def _totals(row: usage.UsageRow) -> UsageTotals:
     return UsageTotals(
         runs=row.runs,
         items=row.items,

@@ -30,11 +30,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from vectorsvc.billing.service import (
-    PLATFORM_RUN_PREFIX,
     InsufficientFunds,
     charge,
     opening_micro_credits,
 )
+from vectorsvc.billing.usage import PLATFORM_RUN_PREFIX
 from vectorsvc.db.tables import BackgroundRun, PendingWrite
 from vectorsvc.errors import NotFound
 from vectorsvc.model_registry.pricing import Usage

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import qdrant_edge as qe
 
-from vectorsvc.vectorstore.base import Fusion, SparseVector
+from vectorsvc.vectorstore.base import Filter, Fusion, SparseVector, Vector
+from vectorsvc.vectorstore.edge.filters import to_edge_filter
 from vectorsvc.vectorstore.filters import DENSE_VECTOR, SPARSE_VECTOR
 
 
@@ -88,3 +90,20 @@ def hybrid_request(
         with_payload=True,
         with_vector=False,
     )
+
+
+def edge_vector(raw: object) -> Vector | None:
+    """A retrieved point's dense vector (Edge: a list, or a dict keyed by vector name)."""
+    if isinstance(raw, dict):
+        raw = next(iter(raw.values()), None)
+    return np.asarray(raw, dtype=np.float32) if isinstance(raw, list) else None
+
+
+def edge_payload(raw: dict[str, Any] | None) -> dict[str, Any]:
+    return dict(raw) if raw else {}
+
+
+def idf_filter(idf_scope: Filter | None) -> qe.Filter | None:
+    if idf_scope is None:
+        return None
+    return to_edge_filter(idf_scope) or qe.Filter(must=[])  # an empty scope: every point

@@ -21,7 +21,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-import numpy as np
 import qdrant_edge as qe
 
 from vectorsvc.vectorstore.base import (
@@ -63,8 +62,11 @@ from vectorsvc.vectorstore.edge.payloads import (
 )
 from vectorsvc.vectorstore.edge.queries import (
     dense_request,
+    edge_payload,
     edge_sparse,
+    edge_vector,
     hybrid_request,
+    idf_filter,
     keyword_request,
 )
 from vectorsvc.vectorstore.edge.shards import add_indexes, edge_config
@@ -82,23 +84,6 @@ T = TypeVar("T")
 VectorDatatype = Literal["float32", "float16"]
 
 logger = logging.getLogger(__name__)
-
-
-def _edge_vector(raw: object) -> Vector | None:
-    """A retrieved point's dense vector (Edge: a list, or a dict keyed by vector name)."""
-    if isinstance(raw, dict):
-        raw = next(iter(raw.values()), None)
-    return np.asarray(raw, dtype=np.float32) if isinstance(raw, list) else None
-
-
-def _payload(raw: dict[str, Any] | None) -> dict[str, Any]:
-    return dict(raw) if raw else {}
-
-
-def _idf_filter(idf_scope: Filter | None) -> qe.Filter | None:
-    if idf_scope is None:
-        return None
-    return to_edge_filter(idf_scope) or qe.Filter(must=[])  # an empty scope: every point
 
 
 class EdgeVectorStore:
@@ -489,7 +474,7 @@ class EdgeVectorStore:
     ) -> list[ScoredPoint]:
         name = self._sparse_spec(collection)
         request = keyword_request(
-            sparse, to_edge_filter(filter), limit=limit, idf_filter=_idf_filter(idf_scope)
+            sparse, to_edge_filter(filter), limit=limit, idf_filter=idf_filter(idf_scope)
         )
         return self._query(name, filter, request)
 
@@ -515,7 +500,7 @@ class EdgeVectorStore:
             limit=limit,
             candidates=max(candidates, limit),
             rrf_k=rrf_k,
-            idf_filter=_idf_filter(idf_scope),
+            idf_filter=idf_filter(idf_scope),
             fusion=fusion,
         )
         return self._query(name, filter, request)
@@ -529,7 +514,7 @@ class EdgeVectorStore:
                 raise
             hits = self._after_repair(name, filter, lambda: shard.query(request))
         return [
-            ScoredPoint(id=str(h.id), score=float(h.score), payload=_payload(h.payload))
+            ScoredPoint(id=str(h.id), score=float(h.score), payload=edge_payload(h.payload))
             for h in hits
         ]
 
@@ -552,8 +537,8 @@ class EdgeVectorStore:
         return [
             PointRecord(
                 id=i,
-                payload=_payload(by_id[i].payload),
-                vector=_edge_vector(by_id[i].vector) if with_vectors else None,
+                payload=edge_payload(by_id[i].payload),
+                vector=edge_vector(by_id[i].vector) if with_vectors else None,
             )
             for i in dict.fromkeys(wanted)
             if i in by_id
@@ -584,7 +569,7 @@ class EdgeVectorStore:
         shard = self._shard(name)
         records, next_offset = self._reading(name, filter, lambda: shard.scroll(request))
         return ScrollPage(
-            points=[PointRecord(id=str(r.id), payload=_payload(r.payload)) for r in records],
+            points=[PointRecord(id=str(r.id), payload=edge_payload(r.payload)) for r in records],
             # Edge returns a uuid.UUID (the first id of the next page, inclusive).
             next_offset=str(next_offset) if next_offset is not None else None,
         )
