@@ -88,7 +88,7 @@ def test_charge_records_usage_and_debits_in_one_step(
         "all-minilm-l6-v2",
         "index",
         7,
-        "item",
+        "chunk",  # MiniLM's index price is per chunk embedded (a short text is one chunk)
         200,
     )
     assert [e.kind for e in ledger(db, workspace_id)] == ["topup", "debit"]
