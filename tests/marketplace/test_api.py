@@ -97,10 +97,11 @@ async def test_model_page_has_every_mode_contract_and_example(
     search = page["contracts"]["search"]
     assert search["input_schema"]["required"] == ["text"]
     params = search["params_schema"]["properties"]
-    assert set(params) == {"top_k", "filter", "score_threshold", "retrieval"}
+    assert set(params) == {"top_k", "filter", "score_threshold", "retrieval", "fusion"}
     # The retrieval and its default, as measured on SciFact (docs/performance.md).
     assert params["retrieval"]["enum"] == ["hybrid", "dense", "keyword"]
     assert params["retrieval"]["default"] == "hybrid"
+    assert (params["fusion"]["enum"], params["fusion"]["default"]) == (["rrf", "dbsf"], "rrf")
     assert search["price"]["unit"] == "query"
     assert search["example_request"]["model"] == "all-minilm-l6-v2"
     assert search["example_request"]["mode"] == "search"
