@@ -101,7 +101,7 @@ async def test_model_page_has_every_mode_contract_and_example(
     # The retrieval and its default, as measured on SciFact (docs/performance.md).
     assert params["retrieval"]["enum"] == ["hybrid", "dense", "keyword"]
     assert params["retrieval"]["default"] == "hybrid"
-    assert (params["fusion"]["enum"], params["fusion"]["default"]) == (["rrf", "dbsf"], "rrf")
+    assert (params["fusion"]["enum"], params["fusion"]["default"]) == (["dbsf", "rrf"], "dbsf")
     assert search["price"]["unit"] == "query"
     assert search["example_request"]["model"] == "all-minilm-l6-v2"
     assert search["example_request"]["mode"] == "search"
