@@ -61,9 +61,11 @@ def through_api(
             items = [{"id": d["id"], "text": d["text"]} for d in corpus[i : i + batch]]
             body = {"model": MODEL, "mode": "index", "scope": "scifact", "input": {"items": items}}
             client.post("/api/runs", json=body).raise_for_status()
-        for retrieval in (*RETRIEVALS, "default"):
+        for retrieval in (*RETRIEVALS, "hybrid-dbsf", "default"):
             params: dict[str, Any] = {"top_k": 10}
-            if retrieval != "default":
+            if retrieval == "hybrid-dbsf":
+                params.update(retrieval="hybrid", fusion="dbsf")
+            elif retrieval != "default":
                 params["retrieval"] = retrieval
             ranked[retrieval] = {}
             for qid, text in queries.items():
@@ -330,8 +332,10 @@ def main() -> None:
             ]
     print_table(f"SciFact nDCG@10: {len(corpus)} docs, {len(qids)} test queries", rows)
     write_results(args.out, results)
-    if api and abs(api["dense"] - raw_ndcg) > 0.005:
-        raise SystemExit("FAIL: API dense and raw nDCG@10 differ by more than 0.005")
+    # Chunked dense search reads whole documents, the raw model only their first 256 word
+    # pieces: through the API it must not be worse.
+    if api and api["dense"] < raw_ndcg - 0.005:
+        raise SystemExit("FAIL: API dense nDCG@10 is worse than the raw model's")
 
 
 if __name__ == "__main__":
