@@ -1,11 +1,11 @@
 """A search run's retrieval: dense, keyword (BM25) or hybrid (both, fused in one query).
 
 `params.retrieval` picks it; absent, the model's search contract publishes the default
-(`models.yaml`). `params.fusion` picks how hybrid fuses its two lists:
-Distribution-Based Score Fusion ("dbsf", the default the contract publishes) or Reciprocal
-Rank Fusion ("rrf"). Keyword and hybrid need keyword vectors: text-only models store them (`points.sparse`), and a
-collection created before them answers with dense retrieval, so a scope keeps serving
-through a release migration; `Ranked.retrieval` says which ran.
+(`models.yaml`). `params.fusion` picks how hybrid fuses its two lists: Distribution-Based
+Score Fusion ("dbsf", the default the contract publishes) or Reciprocal Rank Fusion
+("rrf"). Keyword and hybrid need keyword vectors: text-only models store them
+(`points.sparse`), and a collection created before them answers with dense retrieval, so a
+scope keeps serving through a release migration; `Ranked.retrieval` says which ran.
 
 Every retrieval returns the same plain candidate list (`ScoredPoint`, best first, within
 the run's filter), so whatever follows (score threshold, grouping, the output) does not
